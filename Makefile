@@ -1,0 +1,26 @@
+# `make demo` and `make test` each create .venv when missing and install the project into it:
+# the pinned torch/torchvision pair first (it comes from local disk on our machines), then vldata.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vldata-installed
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m vldata.demo $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,1 @@
+"""Builders: one module per dataset."""

@@ -1,0 +1,125 @@
+"""The ``vldata`` command: list, sample, build, inspect, validate.
+
+Structural problems (unknown builder, missing file or column, bad ``--set``) exit with status 2 and
+one line on stderr before any work starts; row-level problems are counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .builder import StructuralError
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``["view=image", "image.max_pixels=100"]`` -> ``{"view": "image", "image": {"max_pixels": "100"}}``."""
+    config: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StructuralError(f"--set expects KEY=VALUE, got {item!r}")
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise StructuralError(f"--set {key}: {p} is not a group of settings")
+        node[leaf] = value
+    return config
+
+
+def parse_size(text: str) -> int:
+    """``"500MB"`` -> bytes (B, KB, MB, GB, TB; powers of 1024)."""
+    units = {"TB": 1 << 40, "GB": 1 << 30, "MB": 1 << 20, "KB": 1 << 10, "B": 1}
+    t = text.strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit):
+            number = t[: -len(unit)].strip()
+            break
+    else:
+        number, factor = t, 1
+    try:
+        value = int(float(number) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vldata", description="Build, check and inspect vision-language datasets.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="installed builders: name, version, summary")
+    p = sub.add_parser("sample", help="write a small synthetic raw input in a builder's real layout")
+    p.add_argument("name"), p.add_argument("raw", type=Path)
+    p.add_argument("--n", type=int, default=24), p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("build", help="build a dataset from its raw files")
+    p.add_argument("name")
+    p.add_argument("--raw", type=Path, required=True), p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--format", choices=["parquet", "webdataset", "both"], default="both")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--executor", choices=["local"], default="local")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted build in OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing build in OUT")
+    p.add_argument("--limit", type=int, default=None, help="only the first N input rows")
+    p.add_argument("--parquet-shard-size", type=parse_size, default="500MB", help="target parquet shard size")
+    p.add_argument("--tar-shard-size", type=parse_size, default="1GB", help="target webdataset shard size")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
+    p = sub.add_parser("inspect", help="summary of a built dataset")
+    p.add_argument("out", type=Path)
+    p = sub.add_parser("validate", help="re-read every shard and check manifest, schema, card, croissant")
+    p.add_argument("out", type=Path)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except StructuralError as e:
+        print(f"vldata: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from . import api, registry
+
+    if args.command == "list":
+        for name in registry.list_builders():
+            cls = registry.builder_class(name)
+            print(f"{name}\t{cls.version}\t{cls.summary}")
+        return 0
+    if args.command == "sample":
+        builder = registry.get_builder(args.name)
+        builder.write_sample(args.raw, args.n, args.seed)
+        print(f"wrote a {args.name} sample ({args.n} rows, seed {args.seed}) to {args.raw}")
+        return 0
+    if args.command == "build":
+        config = parse_settings(args.settings)
+        report = api.build(args.name, args.raw, args.out, formats=args.format, workers=args.workers,
+                           resume=args.resume, limit=args.limit, overwrite=args.overwrite,
+                           shard_bytes={"parquet": args.parquet_shard_size, "webdataset": args.tar_shard_size},
+                           **config)
+        print(report)
+        return 0
+    if args.command == "inspect":
+        from .inspect import summary
+
+        print(summary(args.out))
+        return 0
+    if args.command == "validate":
+        from .validate import validate
+
+        problems = validate(args.out)
+        for p in problems:
+            print(p)
+        print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 0 if not problems else 1
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""The build engine: partitions -> parts (map, parallel, resumable) -> shards (reduce, ordered).
+
+Map: each partition is processed independently (in this process or a process pool) into a *part*:
+an Arrow stream of its records in input order plus a ``done`` file with its outcome counts and
+failures. A part is committed by writing its ``done`` file last, so after a crash ``--resume``
+redoes only partitions without one. Reduce: parts are read back in partition order, duplicates are
+dropped, and rows go to the shard writers; shard boundaries depend only on that order, which is why
+shards are byte-identical whatever the number of workers. The reduce is redone whole on resume (it
+is a sequential copy), and the manifest is written last. This module knows no dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import schema as sch
+from .builder import Builder, Failed, Filtered, Partition, RowContext, StructuralError
+from .shards import ParquetShards, TarShards
+
+FORMATS = ("parquet", "webdataset")
+_META_COLUMNS = [("__json__", pa.binary()), ("__nbytes__", pa.int64())]
+_BATCH_ROWS = 64
+_FAILURE_SCHEMA = pa.schema([("split", pa.string()), ("key", pa.string()), ("outcome", pa.string()),
+                             ("reason", pa.string()), ("message", pa.string()), ("ref", pa.string())])
+
+
+@dataclass
+class SplitReport:
+    input_rows: int = 0
+    written: int = 0
+    failed: int = 0
+    filtered: int = 0
+    duplicates: int = 0
+    reasons: dict[str, dict[str, int]] = field(default_factory=lambda: {"failed": {}, "filtered": {}, "duplicates": {}})
+    notes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, reason: str, n: int = 1) -> None:
+        setattr(self, kind, getattr(self, kind) + n)
+        self.reasons[kind][reason] = self.reasons[kind].get(reason, 0) + n
+
+    @property
+    def balanced(self) -> bool:
+        return self.input_rows == self.written + self.failed + self.filtered + self.duplicates
+
+    def as_dict(self) -> dict:
+        return {"input_rows": self.input_rows, "written": self.written, "failed": self.failed,
+                "filtered": self.filtered, "duplicates": self.duplicates,
+                "reasons": {k: dict(sorted(v.items())) for k, v in self.reasons.items()},
+                "notes": dict(sorted(self.notes.items()))}
+
+
+@dataclass
+class BuildReport:
+    """What a build did, per split; ``str()`` is the human summary the CLI prints."""
+
+    builder: str
+    out: Path
+    splits: dict[str, SplitReport]
+    formats: tuple[str, ...]
+    shards: dict[str, int] = field(default_factory=dict)  # format -> number of shards
+
+    @property
+    def totals(self) -> SplitReport:
+        t = SplitReport()
+        for s in self.splits.values():
+            for k in ("input_rows", "written"):
+                setattr(t, k, getattr(t, k) + getattr(s, k))
+            for kind, reasons in s.reasons.items():
+                for r, n in reasons.items():
+                    t.add(kind, r, n)
+            for r, n in s.notes.items():
+                t.notes[r] = t.notes.get(r, 0) + n
+        return t
+
+    def __str__(self) -> str:
+        lines = [f"{self.builder} -> {self.out}  ({', '.join(f'{f}: {n} shards' for f, n in self.shards.items())})"]
+        for name, s in self.splits.items():
+            lines.append(f"  {name}: input_rows={s.input_rows} = written {s.written} + failed {s.failed}"
+                         f" + filtered {s.filtered} + duplicates {s.duplicates}"
+                         f"  [{'exact' if s.balanced else 'MISMATCH'}]")
+            for kind, reasons in s.reasons.items():
+                for r, n in sorted(reasons.items()):
+                    lines.append(f"    {kind:<10} {r:<32} {n}")
+            for r, n in sorted(s.notes.items()):
+                lines.append(f"    {'note':<10} {r:<32} {n}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Map
+
+
+def _part_schema(builder: Builder) -> pa.Schema:
+    base = sch.arrow_schema(builder.record_type())
+    return pa.schema(list(base) + [pa.field(n, t) for n, t in _META_COLUMNS], metadata=base.metadata)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _row_of(record: sch.Record) -> dict:
+    row = sch.to_row(record)
+    js = sch.to_json_bytes(record)
+    row["__json__"] = js
+    row["__nbytes__"] = len(js) + len(record.text.encode()) + sum(len(b) for _, b in sch.image_members(record))
+    return row
+
+
+def build_partition(builder: Builder, part: Partition, parts_dir: Path) -> dict:
+    """Process one partition into ``parts_dir``; returns its ``done`` document."""
+    schema = _part_schema(builder)
+    record_type = builder.record_type()
+    ctx = RowContext(builder.config)
+    report = SplitReport(input_rows=part.input_rows)
+    failures: list[dict] = []
+    rows: list[dict] = []
+    tmp = parts_dir / f"{part.index:05d}.arrow.tmp"
+    seen = 0
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for outcome in islice(builder.records(part, ctx), part.input_rows):
+            seen += 1
+            if isinstance(outcome, (Failed, Filtered)):
+                kind = "failed" if isinstance(outcome, Failed) else "filtered"
+                report.add(kind, outcome.reason)
+                failures.append({"key": outcome.key, "outcome": kind, "reason": outcome.reason,
+                                 "message": outcome.message, "ref": outcome.ref})
+                continue
+            if type(outcome) is not record_type:
+                raise TypeError(f"{builder.name}.records yielded {type(outcome).__name__}, expected {record_type.__name__}")
+            report.written += 1
+            rows.append(_row_of(outcome))
+            if len(rows) >= _BATCH_ROWS:
+                writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+                rows = []
+        if rows:
+            writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+    if seen != part.input_rows:
+        raise RuntimeError(f"{builder.name}: partition {part.index} announced {part.input_rows} input rows "
+                           f"but records() yielded {seen} outcomes")
+    os.replace(tmp, parts_dir / f"{part.index:05d}.arrow")
+    report.notes = ctx.notes
+    done = {"index": part.index, "split": part.split, "report": report.as_dict(), "failures": failures}
+    _atomic_write_bytes(parts_dir / f"{part.index:05d}.done.json", json.dumps(done).encode())
+    return done
+
+
+def _maybe_crash(point: str, count: int) -> None:
+    """Crash injection for the resume tests: VLDATA_CRASH_AT="partition:N" or "shard:N"
+    SIGKILLs this process right after the N-th partition / shard row batch is committed."""
+    spec = os.environ.get("VLDATA_CRASH_AT")
+    if spec and spec == f"{point}:{count}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    enabled = sys.stderr.isatty() and tqdm is not None
+    if not enabled:
+        class _Null:
+            def update(self, n=1): ...
+            def close(self): ...
+        return _Null()
+    return tqdm(total=total, desc=desc, unit="row", leave=False)
+
+
+def run_map(builder: Builder, partitions: list[Partition], parts_dir: Path, workers: int) -> None:
+    todo = [p for p in partitions if not (parts_dir / f"{p.index:05d}.done.json").exists()]
+    bar = _progress(sum(p.input_rows for p in todo), f"build {builder.name}")
+    finished = 0
+    try:
+        if workers <= 1:
+            for p in todo:
+                build_partition(builder, p, parts_dir)
+                bar.update(p.input_rows)
+                finished += 1
+                _maybe_crash("partition", finished)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(build_partition, builder, p, parts_dir): p for p in todo}
+                for fut in as_completed(futures):
+                    fut.result()
+                    bar.update(futures[fut].input_rows)
+                    finished += 1
+                    _maybe_crash("partition", finished)
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Reduce
+
+
+def _read_part(path: Path) -> Iterable[pa.RecordBatch]:
+    with pa.OSFile(str(path), "rb") as source:
+        reader = pa.ipc.open_stream(source)
+        yield from reader
+
+
+def _wds_sample(row: dict, image_suffixes: list[tuple[str, str]]) -> dict:
+    """Tar members of one part row (``image_suffixes``: (column, member-name stem) pairs)."""
+    sample = {"__key__": row["key"]}
+    for column, stem in image_suffixes:
+        value, info = row[column], row[f"{column}_info"]
+        if value is None:
+            continue
+        if isinstance(value, list):
+            for i, (img, inf) in enumerate(zip(value, info)):
+                sample[f"{stem}_{i}.{sch.IMAGE_EXTENSIONS[inf['format']]}"] = img["bytes"]
+        else:
+            ext = sch.IMAGE_EXTENSIONS[info["format"]]
+            sample[f"{stem}.{ext}" if stem else ext] = value["bytes"]
+    sample["txt"] = row["text"].encode("utf-8")
+    sample["json"] = row["__json__"]
+    return sample
+
+
+def _image_columns(record_type: type[sch.Record]) -> list[tuple[str, str]]:
+    out = []
+    for n in sch.fields(record_type):
+        if n.kind == "image" or (n.kind == "list" and n.item.kind == "image"):
+            out.append((n.name, "" if n.name == record_type.primary_image else n.name))
+    return out
+
+
+def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, out: Path,
+               formats: tuple[str, ...], shard_bytes: dict[str, int]) -> tuple[dict, dict[str, SplitReport]]:
+    record_type = builder.record_type()
+    schema = sch.arrow_schema(record_type)
+    staging = out / "build" / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    image_cols = _image_columns(record_type)
+    reports: dict[str, SplitReport] = {}
+    shards: dict[str, dict[str, list]] = {f: {} for f in formats}
+    suffixes: set[str] = set()
+    failures: list[dict] = []
+    seen_keys: set[str] = set()
+    batches_done = 0
+    splits = list(dict.fromkeys(p.split for p in partitions))
+    for split in splits:
+        report = reports.setdefault(split, SplitReport())
+        pw = ParquetShards(staging / "parquet", split, schema, shard_bytes["parquet"]) if "parquet" in formats else None
+        tw = TarShards(staging / "webdataset", split, shard_bytes["webdataset"]) if "webdataset" in formats else None
+        for p in (p for p in partitions if p.split == split):
+            done = json.loads((parts_dir / f"{p.index:05d}.done.json").read_text())
+            _merge(report, done["report"])
+            for r, n in p.notes.items():
+                report.notes[r] = report.notes.get(r, 0) + n
+            failures.extend({"split": split, **f} for f in done["failures"])
+            for batch in _read_part(parts_dir / f"{p.index:05d}.arrow"):
+                keys = batch.column("key").to_pylist()
+                keep = []
+                for i, k in enumerate(keys):
+                    if k in seen_keys:
+                        report.written -= 1
+                        report.add("duplicates", "duplicate_key")
+                        failures.append({"split": split, "key": k, "outcome": "duplicates", "reason": "duplicate_key",
+                                         "message": "an earlier input row produced the same key", "ref": f"partition {p.index}"})
+                    else:
+                        seen_keys.add(k)
+                        keep.append(i)
+                if len(keep) != batch.num_rows:
+                    batch = batch.take(pa.array(keep, type=pa.int64()))
+                nbytes = batch.column("__nbytes__").to_pylist()
+                if pw is not None:
+                    pw.write(batch.select(schema.names), nbytes)
+                if tw is not None:
+                    for row in batch.to_pylist():
+                        sample = _wds_sample(row, image_cols)
+                        suffixes.update(k for k in sample if k not in ("__key__", "txt", "json"))
+                        tw.write(sample)
+                batches_done += 1
+                _maybe_crash("batch", batches_done)
+        if pw is not None:
+            shards["parquet"][split] = pw.finish(out / "parquet")
+        if tw is not None:
+            shards["webdataset"][split] = tw.finish(out / "webdataset")
+    _write_failures(out / "build" / "failures.parquet", failures)
+    return {"shards": shards, "image_suffixes": sorted(suffixes, key=lambda s: ("." in s, s))}, reports
+
+
+def _merge(report: SplitReport, doc: dict) -> None:
+    report.input_rows += doc["input_rows"]
+    report.written += doc["written"]
+    for kind, reasons in doc["reasons"].items():
+        for r, n in reasons.items():
+            report.add(kind, r, n)
+    for r, n in doc["notes"].items():
+        report.notes[r] = report.notes.get(r, 0) + n
+
+
+def _write_failures(path: Path, failures: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_pylist(failures, schema=_FAILURE_SCHEMA), tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def plan_document(builder: Builder, partitions: list[Partition], limit: int | None) -> dict:
+    doc = {"builder": builder.name, "version": builder.version,
+           "config": builder.config.model_dump(mode="json"), "limit": limit,
+           "partitions": [[p.index, p.split, p.input_rows] for p in partitions]}
+    doc["fingerprint"] = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return doc
+
+
+def apply_limit(partitions: list[Partition], limit: int | None) -> list[Partition]:
+    """The first ``limit`` input rows, in partition order (the last partition may be cut)."""
+    if limit is None:
+        return partitions
+    out, left = [], limit
+    for p in partitions:
+        if left <= 0:
+            break
+        out.append(p if p.input_rows <= left else replace(p, input_rows=left))
+        left -= out[-1].input_rows
+    return out
+
+
+def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] = FORMATS, workers: int = 1,
+              resume: bool = False, limit: int | None = None, overwrite: bool = False,
+              shard_bytes: dict[str, int] | None = None) -> BuildReport:
+    from .card import load_datasheet
+    from .output import write_format_folder
+
+    if not formats or set(formats) - set(FORMATS):
+        raise StructuralError(f"formats must be among {FORMATS}, got {tuple(formats)}")
+    formats = tuple(f for f in FORMATS if f in formats)
+    raw, out = Path(raw), Path(out)
+    if not raw.exists():
+        raise StructuralError(f"raw input {raw} does not exist")
+    shard_bytes = {"parquet": 500 << 20, "webdataset": 1 << 30, **(shard_bytes or {})}
+    sheet = load_datasheet(builder.card_path())  # a broken card is a structural error: fail before any work
+    partitions = apply_limit(builder.partitions(raw), limit)
+    plan = plan_document(builder, partitions, limit)
+    build_dir = out / "build"
+    plan_path = build_dir / "plan.json"
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if plan_path.exists():
+        previous = json.loads(plan_path.read_text())
+        if not resume:
+            raise StructuralError(f"{out} already holds a build; pass --resume to finish it or --overwrite to replace it")
+        if previous["fingerprint"] != plan["fingerprint"]:
+            raise StructuralError(f"{out} holds a build with another builder, config or input; --resume needs the same")
+    elif out.exists() and any(out.iterdir()):
+        raise StructuralError(f"{out} is not empty and holds no vldata build; choose an empty folder")
+    parts_dir = build_dir / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    if not plan_path.exists():
+        _atomic_write_bytes(plan_path, json.dumps(plan, indent=1).encode())
+
+    run_map(builder, partitions, parts_dir, workers)
+    written, reports = run_reduce(builder, partitions, parts_dir, out, formats, shard_bytes)
+    for r in reports.values():
+        if not r.balanced:  # an engine bug, never a data problem
+            raise RuntimeError(f"accounting does not balance: {r.as_dict()}")
+    report = BuildReport(builder.name, out, reports, formats,
+                         {f: sum(len(v) for v in written["shards"][f].values()) for f in formats})
+    stats = {"builder": builder.name, "version": builder.version, "splits": {k: v.as_dict() for k, v in reports.items()},
+             "total": report.totals.as_dict()}
+    _atomic_write_bytes(build_dir / "stats.json", json.dumps(stats, indent=1).encode())
+    for fmt in formats:
+        write_format_folder(builder, sheet, out, fmt, written["shards"][fmt], written["image_suffixes"], stats)
+    shutil.rmtree(build_dir / "staging", ignore_errors=True)
+    return report

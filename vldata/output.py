@@ -1,0 +1,79 @@
+"""Finish a format folder after its shards are in place: manifest, card and Croissant.
+
+The manifest ``vldata.json`` is the one file a reader needs: builder, version, config, the Record's
+features, and per split the shards with sample counts, bytes and sha256. It is written last, so a
+folder with a manifest is complete. This module decides file names and contents of the output
+contract; it does not write shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from . import schema as sch
+from .shards import ShardInfo
+
+MANIFEST = "vldata.json"
+MANIFEST_VERSION = 1
+
+
+def manifest_document(builder, fmt: str, shards: dict[str, list[ShardInfo]], image_suffixes: list[str]) -> dict:
+    record_type = builder.record_type()
+    features = sch.hf_features(record_type) if fmt == "parquet" else sch.wds_features(record_type, image_suffixes)
+    return {
+        "vldata_manifest": MANIFEST_VERSION,
+        "builder": builder.name,
+        "version": builder.version,
+        "config": builder.config.model_dump(mode="json"),
+        "format": fmt,
+        "record": f"{record_type.__module__}.{record_type.__qualname__}",
+        "primary_image": record_type.primary_image,
+        "features": features.to_dict(),
+        "image_members": image_suffixes if fmt == "webdataset" else [],
+        "splits": {
+            split: {"num_samples": sum(s.num_samples for s in infos), "num_bytes": sum(s.num_bytes for s in infos),
+                    "shards": [s.as_dict() for s in infos]}
+            for split, infos in shards.items()
+        },
+    }
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def data_files(fmt: str, split: str) -> str:
+    return f"data/{split}-*.parquet" if fmt == "parquet" else f"{split}-*.tar"
+
+
+def write_format_folder(builder, sheet, out: Path, fmt: str, shards: dict[str, list[ShardInfo]],
+                        image_suffixes: list[str], stats: dict) -> None:
+    """Write README.md, croissant.json and (last) vldata.json into ``out/<fmt>``."""
+    from .card import render_readme
+    from .croissant import croissant_document
+
+    folder = out / fmt
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = manifest_document(builder, fmt, shards, image_suffixes)
+    record_type = builder.record_type()
+    features = sch.hf_features(record_type) if fmt == "parquet" else sch.wds_features(record_type, image_suffixes)
+    readme = render_readme(
+        sheet, pretty_title=sheet.hub.pretty_name, fmt=fmt, features=features,
+        field_rows=sch.field_table(record_type),
+        splits={s: {"num_examples": v["num_samples"], "num_bytes": v["num_bytes"]} for s, v in manifest["splits"].items()},
+        data_files={s: data_files(fmt, s) for s in manifest["splits"]},
+        stats=stats, config=manifest["config"],
+    )
+    _write_text(folder / "README.md", readme)
+    doc = croissant_document(sheet, name=builder.name, version=builder.version, fmt=fmt, record_type=record_type,
+                             shards={s: v["shards"] for s, v in manifest["splits"].items()})
+    _write_text(folder / "croissant.json", json.dumps(doc, indent=1, ensure_ascii=False))
+    _write_text(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))

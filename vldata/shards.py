@@ -1,0 +1,149 @@
+"""Shard writers: rows in, size-bounded parquet and webdataset shards out.
+
+Both writers consume the same ordered stream of rows and decide shard boundaries only from the rows
+they have seen (their byte sizes), so the shards depend on the data and its order, never on how many
+workers produced it. Shards are written under temporary names in a staging folder and given their
+final names (which carry the shard count) by ``finish``. Parquet goes through pyarrow, tars through
+webdataset's ``TarWriter`` with fixed metadata so that identical input gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the format folder
+    num_samples: int
+    num_bytes: int
+    sha256: str
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "num_samples": self.num_samples, "num_bytes": self.num_bytes,
+                "sha256": self.sha256}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ParquetShards:
+    """Writes ``data/{split}-{i:05d}-of-{n:05d}.parquet`` of about ``target_bytes`` each."""
+
+    def __init__(self, staging: Path, split: str, schema: pa.Schema, target_bytes: int,
+                 row_group_bytes: int = 64 << 20, row_group_rows: int = 1000):
+        self.staging, self.split, self.schema = staging, split, schema
+        self.target_bytes, self.row_group_bytes, self.row_group_rows = target_bytes, row_group_bytes, row_group_rows
+        self._writer: pq.ParquetWriter | None = None
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = self._pending_bytes = 0
+        self._shard_rows = self._shard_bytes = 0
+        self._done: list[tuple[Path, int]] = []
+        staging.mkdir(parents=True, exist_ok=True)
+
+    def write(self, batch: pa.RecordBatch, row_bytes: list[int]) -> None:
+        """Append rows; ``row_bytes`` are their payload sizes, used for shard and row-group sizing."""
+        start = 0
+        for i, nbytes in enumerate(row_bytes):
+            self._pending_rows += 1
+            self._pending_bytes += nbytes
+            self._shard_rows += 1
+            self._shard_bytes += nbytes
+            shard_full = self._shard_bytes >= self.target_bytes
+            if shard_full or self._pending_bytes >= self.row_group_bytes or self._pending_rows >= self.row_group_rows:
+                self._pending.append(batch.slice(start, i + 1 - start))
+                start = i + 1
+                self._flush_row_group()
+                if shard_full:
+                    self._close_shard()
+        if start < batch.num_rows:
+            self._pending.append(batch.slice(start))
+
+    def _flush_row_group(self) -> None:
+        if not self._pending:
+            return
+        if self._writer is None:
+            path = self.staging / f"{self.split}-{len(self._done):05d}.parquet.tmp"
+            self._writer = pq.ParquetWriter(path, self.schema)
+            self._path = path
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._done.append((self._path, self._shard_rows))
+            self._writer = None
+        self._shard_rows = self._shard_bytes = 0
+
+    def finish(self, folder: Path) -> list[ShardInfo]:
+        """Close the last shard and move all shards to their final names under ``folder``."""
+        self._flush_row_group()
+        self._close_shard()
+        if not self._done:  # an empty split still gets one (empty) shard so that readers see it
+            path = self.staging / f"{self.split}-00000.parquet.tmp"
+            pq.write_table(self.schema.empty_table(), path)
+            self._done.append((path, 0))
+        n = len(self._done)
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        out = []
+        for i, (tmp, rows) in enumerate(self._done):
+            rel = f"data/{self.split}-{i:05d}-of-{n:05d}.parquet"
+            os.replace(tmp, folder / rel)
+            out.append(ShardInfo(rel, rows, (folder / rel).stat().st_size, file_sha256(folder / rel)))
+        return out
+
+
+class TarShards:
+    """Writes ``{split}-{i:06d}.tar`` of about ``target_bytes`` each, one sample's members together."""
+
+    def __init__(self, staging: Path, split: str, target_bytes: int):
+        self.staging, self.split, self.target_bytes = staging, split, target_bytes
+        self._file = None
+        self._writer = None
+        self._rows = 0
+        self._done: list[tuple[Path, int]] = []
+        staging.mkdir(parents=True, exist_ok=True)
+
+    def write(self, sample: dict) -> None:
+        """``sample`` = {"__key__": key, suffix: bytes, ...}."""
+        import webdataset
+
+        if self._writer is None:
+            self._path = self.staging / f"{self.split}-{len(self._done):06d}.tar.tmp"
+            self._file = open(self._path, "wb")
+            self._writer = webdataset.TarWriter(self._file, encoder=False, mtime=0, user="vldata", group="vldata")
+        self._writer.write(sample)
+        self._rows += 1
+        if self._file.tell() >= self.target_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._file.close()
+            self._done.append((self._path, self._rows))
+            self._writer = self._file = None
+            self._rows = 0
+
+    def finish(self, folder: Path) -> list[ShardInfo]:
+        self._close_shard()
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for i, (tmp, rows) in enumerate(self._done):
+            rel = f"{self.split}-{i:06d}.tar"
+            os.replace(tmp, folder / rel)
+            out.append(ShardInfo(rel, rows, (folder / rel).stat().st_size, file_sha256(folder / rel)))
+        return out

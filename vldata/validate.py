@@ -1,0 +1,166 @@
+"""Re-read a built dataset and say exactly what is wrong with it, naming the file.
+
+Checks, per format folder: the manifest parses; every shard it lists exists with the recorded size
+and sha256; every shard reads to the end (a truncated tar or parquet names itself) with the recorded
+number of samples, valid unique keys and, for parquet, the declared schema; every webdataset sample
+has its primary image, ``.txt`` and ``.json``; README.md carries a YAML header; croissant.json
+validates; and the build's accounting (``build/stats.json``) balances and matches the manifest.
+It only reads.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from .engine import FORMATS
+from .output import MANIFEST, read_manifest
+from .schema import valid_key
+from .shards import file_sha256
+
+
+def format_folders(path: Path) -> list[Path]:
+    """The format folders under OUT, or ``path`` itself when it is one."""
+    path = Path(path)
+    if (path / MANIFEST).exists():
+        return [path]
+    return [path / f for f in FORMATS if (path / f).is_dir()]
+
+
+def validate(path: str | Path) -> list[str]:
+    """All problems found (empty when the dataset is sound)."""
+    path = Path(path)
+    folders = format_folders(path)
+    if not folders:
+        return [f"{path}: no parquet/ or webdataset/ folder with a {MANIFEST}"]
+    problems: list[str] = []
+    for folder in folders:
+        problems += _validate_folder(folder)
+    stats_path = (path if not (path / MANIFEST).exists() else path.parent) / "build" / "stats.json"
+    if stats_path.exists():
+        problems += _validate_stats(stats_path, folders)
+    return problems
+
+
+def _validate_folder(folder: Path) -> list[str]:
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError:
+        return [f"{folder / MANIFEST}: missing"]
+    except json.JSONDecodeError as e:
+        return [f"{folder / MANIFEST}: not valid JSON ({e})"]
+    problems: list[str] = []
+    seen_keys: set[str] = set()
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            file = folder / shard["path"]
+            if not file.exists():
+                problems.append(f"{file}: listed in the manifest but missing")
+                continue
+            size = file.stat().st_size
+            if size != shard["num_bytes"]:
+                problems.append(f"{file}: {size} bytes, manifest says {shard['num_bytes']} (truncated or altered)")
+            if file_sha256(file) != shard["sha256"]:
+                problems.append(f"{file}: sha256 differs from the manifest (altered)")
+            reader = _read_parquet if manifest["format"] == "parquet" else _read_tar
+            problems += reader(file, shard["num_samples"], seen_keys, manifest)
+    problems += _validate_card(folder)
+    return problems
+
+
+def _read_parquet(file: Path, expected: int, seen: set[str], manifest: dict) -> list[str]:
+    import datasets
+
+    try:
+        pf = pq.ParquetFile(file)
+        declared = datasets.Features.from_dict(manifest["features"]).arrow_schema
+        if not pf.schema_arrow.remove_metadata().equals(declared.remove_metadata()):
+            return [f"{file}: schema differs from the manifest's features"]
+        n = 0
+        problems = []
+        for i in range(pf.num_row_groups):
+            keys = pf.read_row_group(i, columns=["key"]).column("key").to_pylist()
+            n += len(keys)
+            problems += _check_keys(file, keys, seen)
+            pf.read_row_group(i)  # every column must decode
+    except Exception as e:
+        return [f"{file}: unreadable parquet ({type(e).__name__}: {e})"]
+    if n != expected:
+        problems.append(f"{file}: {n} rows, manifest says {expected}")
+    return problems
+
+
+def _read_tar(file: Path, expected: int, seen: set[str], manifest: dict) -> list[str]:
+    samples: dict[str, set[str]] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(file, "r") as tar:
+            for member in tar:
+                base = member.name.rsplit("/", 1)[-1]
+                key, _, suffix = base.partition(".")
+                if key not in samples:
+                    samples[key] = set()
+                    order.append(key)
+                samples[key].add(suffix)
+                data = tar.extractfile(member)
+                if data is not None:
+                    data.read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return [f"{file}: unreadable tar ({type(e).__name__}: {e})"]
+    problems = _check_keys(file, order, seen)
+    primary = {"jpg", "png", "webp"}
+    for key in order:
+        members = samples[key]
+        missing = [m for m in ("txt", "json") if m not in members]
+        if not members & primary:
+            missing.append("primary image")
+        if missing:
+            problems.append(f"{file}: sample {key} lacks {', '.join(missing)}")
+    if len(order) != expected:
+        problems.append(f"{file}: {len(order)} samples, manifest says {expected}")
+    return problems
+
+
+def _check_keys(file: Path, keys: list[str], seen: set[str]) -> list[str]:
+    problems = []
+    for k in keys:
+        if not valid_key(k):
+            problems.append(f"{file}: invalid key {k!r}")
+        elif k in seen:
+            problems.append(f"{file}: duplicate key {k!r}")
+        seen.add(k)
+    return problems
+
+
+def _validate_card(folder: Path) -> list[str]:
+    from .croissant import validate_croissant
+
+    problems = []
+    readme = folder / "README.md"
+    if not readme.exists():
+        problems.append(f"{readme}: missing")
+    elif not readme.read_text(encoding="utf-8").startswith("---\n"):
+        problems.append(f"{readme}: no YAML header")
+    croissant = folder / "croissant.json"
+    if not croissant.exists():
+        problems.append(f"{croissant}: missing")
+    else:
+        problems += [f"{croissant}: {msg}" for msg in validate_croissant(croissant)]
+    return problems
+
+
+def _validate_stats(stats_path: Path, folders: list[Path]) -> list[str]:
+    stats = json.loads(stats_path.read_text())
+    problems = []
+    for split, s in stats["splits"].items():
+        if s["input_rows"] != s["written"] + s["failed"] + s["filtered"] + s["duplicates"]:
+            problems.append(f"{stats_path}: split {split} accounting does not balance")
+        for folder in folders:
+            m = read_manifest(folder) if (folder / MANIFEST).exists() else None
+            if m and split in m["splits"] and m["splits"][split]["num_samples"] != s["written"]:
+                problems.append(f"{folder / MANIFEST}: split {split} has {m['splits'][split]['num_samples']} "
+                                f"samples, stats.json says {s['written']} written")
+    return problems
