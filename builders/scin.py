@@ -20,6 +20,8 @@ import os
 import random
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -274,22 +276,61 @@ def _case_fields(case: dict, labels: dict | None) -> dict:
 # The builder
 
 
-def _read_csv(path: Path, required: tuple[str, ...], aliases: dict[str, str]) -> tuple[list[str], list[tuple[int, dict]]]:
-    csv.field_size_limit(sys.maxsize)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [aliases.get(h.strip(), h.strip()) for h in next(reader, [])]
-        missing = [c for c in required if c not in header]
+class _CsvFile:
+    """A CSV read row by row with the byte offset where each row starts, so that partitions can
+    carry offsets instead of rows and memory stays flat in the number of rows."""
+
+    def __init__(self, path: Path, required: tuple[str, ...], aliases: dict[str, str]):
+        self.path = path
+        with open(path, "rb") as f:
+            header_rows = self._rows(f, 1)
+            first = next(header_rows, None)
+        raw_header = [h.strip().lstrip("\ufeff") for h in (first[2] if first else [])]
+        self.header = [aliases.get(h, h) for h in raw_header]
+        missing = [c for c in required if c not in self.header]
         if missing:
             raise StructuralError(f"{path}: missing required column '{missing[0]}'"
                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        rows = []
-        for line_no, values in enumerate(reader, start=2):
-            if not values:
-                continue
-            values += [""] * (len(header) - len(values))
-            rows.append((line_no, dict(zip(header, values))))
-    return header, rows
+
+    @staticmethod
+    def _rows(f, first_line: int) -> Iterator[tuple[int, int, list[str]]]:
+        """(byte offset, line number, values) of each row from the file's current position."""
+        csv.field_size_limit(sys.maxsize)
+        state = {"pos": f.tell(), "line": first_line - 1}
+
+        def lines():
+            for raw in iter(f.readline, b""):
+                state["pos"] += len(raw)
+                state["line"] += 1
+                yield raw.decode("utf-8")
+
+        reader = csv.reader(lines())
+        while True:
+            offset, line = state["pos"], state["line"] + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            if values:
+                yield offset, line, values
+
+    def _dict(self, values: list[str]) -> dict:
+        values = values + [""] * (len(self.header) - len(values))
+        return dict(zip(self.header, values))
+
+    def scan(self) -> Iterator[tuple[int, int, dict]]:
+        """Every data row: (byte offset, line number, row dict)."""
+        with open(self.path, "rb") as f:
+            rows = self._rows(f, 1)
+            next(rows, None)  # header
+            for offset, line, values in rows:
+                yield offset, line, self._dict(values)
+
+    def read_at(self, f, offset: int, line: int, n: int) -> Iterator[tuple[int, dict]]:
+        """``n`` rows starting at ``offset`` of the open binary file ``f``: (line number, row dict)."""
+        f.seek(offset)
+        for _, line_no, values in islice(self._rows(f, line), n):
+            yield line_no, self._dict(values)
 
 
 class ScinBuilder(Builder):
@@ -307,42 +348,62 @@ class ScinBuilder(Builder):
         for name in (CASES, LABELS):
             if not (root / name).is_file():
                 raise StructuralError(f"{root / name}: required file not found")
-        _, cases = _read_csv(root / CASES, CASE_COLUMNS, {})
-        _, label_rows = _read_csv(root / LABELS, LABEL_COLUMNS, _LABEL_ALIASES)
-        labels: dict[str, dict | str] = {}
-        for _, row in label_rows:
-            labels[row["case_id"]] = "ambiguous" if row["case_id"] in labels else row
-        case_ids = {row["case_id"] for _, row in cases}
-        orphans = sum(1 for cid in labels if cid not in case_ids)
-        items = [(line, row, labels.get(row["case_id"])) for line, row in cases]
-        size = self.config.rows_per_partition
-        parts = []
-        for start in range(0, len(items), size):
-            chunk = items[start:start + size]
-            n_rows = len(chunk) if self.config.view == "case" else sum(len(_image_refs(r)) for _, r, _ in chunk)
-            notes = {"orphan_label_rows": orphans} if start == 0 and orphans else {}
-            parts.append(Partition(index=len(parts), split="train", input_rows=n_rows, notes=notes,
-                                   payload={"root": str(root), "rows": chunk}))
+        cases = _CsvFile(root / CASES, CASE_COLUMNS, {})
+        labels = _CsvFile(root / LABELS, LABEL_COLUMNS, _LABEL_ALIASES)
+        # the join index: case_id -> (offset, line) of its labels row; -1 marks a case_id seen twice
+        label_index: dict[str, tuple[int, int]] = {}
+        for offset, line, row in labels.scan():
+            label_index[row["case_id"]] = (-1, line) if row["case_id"] in label_index else (offset, line)
+        size, view = self.config.rows_per_partition, self.config.view
+        parts: list[Partition] = []
+        chunk: dict | None = None
+        matched: set[str] = set()
+        for offset, line, row in cases.scan():
+            if chunk is None:
+                chunk = {"root": str(root), "offset": offset, "line": line, "n": 0, "images": 0, "labels": {}}
+            chunk["n"] += 1
+            chunk["images"] += len(_image_refs(row))
+            if row["case_id"] in label_index:
+                chunk["labels"][row["case_id"]] = label_index[row["case_id"]]
+                matched.add(row["case_id"])
+            if chunk["n"] == size:
+                parts.append(self._partition(len(parts), chunk))
+                chunk = None
+        if chunk is not None:
+            parts.append(self._partition(len(parts), chunk))
+        orphans = len(label_index) - len(matched)
+        if orphans and parts:
+            parts[0] = replace(parts[0], notes={"orphan_label_rows": orphans})
         return parts
 
+    def _partition(self, index: int, chunk: dict) -> Partition:
+        rows = chunk["n"] if self.config.view == "case" else chunk["images"]
+        return Partition(index=index, split="train", input_rows=rows, payload=chunk)
+
     def records(self, partition: Partition, ctx: RowContext) -> Iterator[Record | Failed]:
-        root = Path(partition.payload["root"])
-        for line, case, labels in partition.payload["rows"]:
-            ref = f"{CASES}:{line}"
-            refs = _image_refs(case)
-            keys = [case["case_id"]] if self.config.view == "case" else [f"{case['case_id']}_{i}" for i, _, _ in refs]
-            try:
-                if labels == "ambiguous":
-                    raise _RowError("labels_ambiguous", f"case_id {case['case_id']} has several rows in {LABELS}")
-                fields = _case_fields(case, labels)
-            except _RowError as e:
-                yield from (Failed(k, e.reason, e.message, ref) for k in keys)
-                continue
-            if case["image_3_shot_type"] and not case["image_3_path"]:
-                ctx.note("shot_type_without_image")
-            if self.config.view == "case":
-                yield self._case(fields, refs, root, ctx, ref)
-            else:
+        chunk = partition.payload
+        root = Path(chunk["root"])
+        cases = _CsvFile(root / CASES, CASE_COLUMNS, {})
+        labels = _CsvFile(root / LABELS, LABEL_COLUMNS, _LABEL_ALIASES)
+        with open(root / CASES, "rb") as fc, open(root / LABELS, "rb") as fl:
+            for line, case in cases.read_at(fc, chunk["offset"], chunk["line"], chunk["n"]):
+                ref = f"{CASES}:{line}"
+                refs = _image_refs(case)
+                keys = [case["case_id"]] if self.config.view == "case" else [f"{case['case_id']}_{i}" for i, _, _ in refs]
+                try:
+                    where = chunk["labels"].get(case["case_id"])
+                    if where is not None and where[0] < 0:
+                        raise _RowError("labels_ambiguous", f"case_id {case['case_id']} has several rows in {LABELS}")
+                    label_row = None if where is None else next(labels.read_at(fl, where[0], where[1], 1))[1]
+                    fields = _case_fields(case, label_row)
+                except _RowError as e:
+                    yield from (Failed(k, e.reason, e.message, ref) for k in keys)
+                    continue
+                if case["image_3_shot_type"] and not case["image_3_path"]:
+                    ctx.note("shot_type_without_image")
+                if self.config.view == "case":
+                    yield self._case(fields, refs, root, ctx, ref)
+                    continue
                 for (index, path, shot), key in zip(refs, keys):
                     img = ctx.image(_read_image(root, path), f"{path} not found under {root / 'images'}")
                     if not isinstance(img, Image):

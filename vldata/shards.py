@@ -4,13 +4,16 @@ Both writers consume the same ordered stream of rows and decide shard boundaries
 they have seen (their byte sizes), so the shards depend on the data and its order, never on how many
 workers produced it. Shards are written under temporary names in a staging folder and given their
 final names (which carry the shard count) by ``finish``. Parquet goes through pyarrow, tars through
-webdataset's ``TarWriter`` with fixed metadata so that identical input gives identical bytes.
+the standard ``tarfile`` module with fixed member metadata so that identical input gives identical
+bytes (not webdataset's TarWriter: importing webdataset imports torch, 300+ MB in every build process).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,14 +121,19 @@ class TarShards:
         staging.mkdir(parents=True, exist_ok=True)
 
     def write(self, sample: dict) -> None:
-        """``sample`` = {"__key__": key, suffix: bytes, ...}."""
-        import webdataset
-
+        """``sample`` = {"__key__": key, suffix: bytes, ...}; members are written in that order."""
         if self._writer is None:
             self._path = self.staging / f"{self.split}-{len(self._done):06d}.tar.tmp"
             self._file = open(self._path, "wb")
-            self._writer = webdataset.TarWriter(self._file, encoder=False, mtime=0, user="vldata", group="vldata")
-        self._writer.write(sample)
+            self._writer = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
+        key = sample["__key__"]
+        for suffix, data in sample.items():
+            if suffix == "__key__":
+                continue
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uname = info.gname = "vldata"
+            self._writer.addfile(info, io.BytesIO(data))
         self._rows += 1
         if self._file.tell() >= self.target_bytes:
             self._close_shard()
