@@ -70,7 +70,7 @@ def write_format_folder(builder, sheet, out: Path, fmt: str, shards: dict[str, l
         field_rows=sch.field_table(record_type),
         splits={s: {"num_examples": v["num_samples"], "num_bytes": v["num_bytes"]} for s, v in manifest["splits"].items()},
         data_files={s: data_files(fmt, s) for s in manifest["splits"]},
-        stats=stats, config=manifest["config"],
+        stats=stats, config=builder.config,
     )
     _write_text(folder / "README.md", readme)
     doc = croissant_document(sheet, name=builder.name, version=builder.version, fmt=fmt, record_type=record_type,
