@@ -54,3 +54,15 @@ def test_resume_with_another_config_is_refused(scin_raw, tmp_path):
     run_cli("build", "scin", "--raw", scin_raw, "--out", out, *SMALL, env={"VLDATA_CRASH_AT": "partition:1"})
     proc = run_cli("build", "scin", "--raw", scin_raw, "--out", out, "--resume", "--set", "view=image")
     assert proc.returncode == 2 and "--resume needs the same" in proc.stderr
+
+
+def test_resume_of_a_finished_build_changes_nothing(scin_raw, tmp_path):
+    import vldata
+
+    out = tmp_path / "out"
+    first = vldata.build("scin", scin_raw, out, formats="parquet")
+    assert not (out / "build" / "parts").exists()  # parts are removed once the build is complete
+    before = shard_hashes(out)
+    again = vldata.build("scin", scin_raw, out, formats="parquet", resume=True)
+    assert shard_hashes(out) == before
+    assert again.splits["train"].as_dict() == first.splits["train"].as_dict() and again.shards == first.shards

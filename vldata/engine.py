@@ -257,6 +257,7 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
     failures: list[dict] = []
     seen_keys: set[str] = set()
     batches_done = 0
+    bar = _progress(sum(p.input_rows for p in partitions), f"write {'+'.join(formats)}")
     splits = list(dict.fromkeys(p.split for p in partitions))
     for split in splits:
         report = reports.setdefault(split, SplitReport())
@@ -291,11 +292,13 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
                         suffixes.update(k for k in sample if k not in ("__key__", "txt", "json"))
                         tw.write(sample)
                 batches_done += 1
+                bar.update(batch.num_rows)
                 _maybe_crash("batch", batches_done)
         if pw is not None:
             shards["parquet"][split] = pw.finish(out / "parquet")
         if tw is not None:
             shards["webdataset"][split] = tw.finish(out / "webdataset")
+    bar.close()
     _write_failures(out / "build" / "failures.parquet", failures)
     return {"shards": shards, "image_suffixes": sorted(suffixes, key=lambda s: ("." in s, s))}, reports
 
@@ -320,8 +323,9 @@ def _write_failures(path: Path, failures: list[dict]) -> None:
 # Orchestration
 
 
-def plan_document(builder: Builder, partitions: list[Partition], limit: int | None) -> dict:
-    doc = {"builder": builder.name, "version": builder.version,
+def plan_document(builder: Builder, partitions: list[Partition], limit: int | None,
+                  formats: tuple[str, ...]) -> dict:
+    doc = {"builder": builder.name, "version": builder.version, "formats": list(formats),
            "config": builder.config.model_dump(mode="json"), "limit": limit,
            "partitions": [[p.index, p.split, p.input_rows] for p in partitions]}
     doc["fingerprint"] = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -356,7 +360,7 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
     shard_bytes = {"parquet": 500 << 20, "webdataset": 1 << 30, **(shard_bytes or {})}
     sheet = load_datasheet(builder.card_path())  # a broken card is a structural error: fail before any work
     partitions = apply_limit(builder.partitions(raw), limit)
-    plan = plan_document(builder, partitions, limit)
+    plan = plan_document(builder, partitions, limit, formats)
     build_dir = out / "build"
     plan_path = build_dir / "plan.json"
     if overwrite and out.exists():
@@ -366,10 +370,12 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
         if not resume:
             raise StructuralError(f"{out} already holds a build; pass --resume to finish it or --overwrite to replace it")
         if previous["fingerprint"] != plan["fingerprint"]:
-            raise StructuralError(f"{out} holds a build with another builder, config or input; --resume needs the same")
+            raise StructuralError(f"{out} holds a build with another builder, config, format or input; --resume needs the same")
     elif out.exists() and any(out.iterdir()):
         raise StructuralError(f"{out} is not empty and holds no vldata build; choose an empty folder")
     parts_dir = build_dir / "parts"
+    if resume and _complete(out, formats):
+        return _report_of_finished(builder, out, formats)
     parts_dir.mkdir(parents=True, exist_ok=True)
     if not plan_path.exists():
         _atomic_write_bytes(plan_path, json.dumps(plan, indent=1).encode())
@@ -386,5 +392,27 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
     _atomic_write_bytes(build_dir / "stats.json", json.dumps(stats, indent=1).encode())
     for fmt in formats:
         write_format_folder(builder, sheet, out, fmt, written["shards"][fmt], written["image_suffixes"], stats)
+    # complete: the parts were only needed to resume; they would double the disk footprint
     shutil.rmtree(build_dir / "staging", ignore_errors=True)
+    shutil.rmtree(parts_dir, ignore_errors=True)
     return report
+
+
+def _complete(out: Path, formats: tuple[str, ...]) -> bool:
+    from .output import MANIFEST
+
+    return (out / "build" / "stats.json").exists() and all((out / f / MANIFEST).exists() for f in formats)
+
+
+def _report_of_finished(builder: Builder, out: Path, formats: tuple[str, ...]) -> BuildReport:
+    """The report of a build that already finished (``--resume`` on a complete folder does nothing)."""
+    from .output import read_manifest
+
+    stats = json.loads((out / "build" / "stats.json").read_text())
+    splits = {}
+    for name, doc in stats["splits"].items():
+        s = SplitReport()
+        _merge(s, doc)
+        splits[name] = s
+    shards = {f: sum(len(v["shards"]) for v in read_manifest(out / f)["splits"].values()) for f in formats}
+    return BuildReport(builder.name, out, splits, formats, shards)

@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,13 +101,7 @@ class ParquetShards:
             pq.write_table(self.schema.empty_table(), path)
             self._done.append((path, 0))
         n = len(self._done)
-        (folder / "data").mkdir(parents=True, exist_ok=True)
-        out = []
-        for i, (tmp, rows) in enumerate(self._done):
-            rel = f"data/{self.split}-{i:05d}-of-{n:05d}.parquet"
-            os.replace(tmp, folder / rel)
-            out.append(ShardInfo(rel, rows, (folder / rel).stat().st_size, file_sha256(folder / rel)))
-        return out
+        return _publish(self._done, folder, lambda i: f"data/{self.split}-{i:05d}-of-{n:05d}.parquet")
 
 
 class TarShards:
@@ -148,10 +143,20 @@ class TarShards:
 
     def finish(self, folder: Path) -> list[ShardInfo]:
         self._close_shard()
-        folder.mkdir(parents=True, exist_ok=True)
-        out = []
-        for i, (tmp, rows) in enumerate(self._done):
-            rel = f"{self.split}-{i:06d}.tar"
-            os.replace(tmp, folder / rel)
-            out.append(ShardInfo(rel, rows, (folder / rel).stat().st_size, file_sha256(folder / rel)))
-        return out
+        if not self._done:  # an empty split still gets one (empty) tar, as in parquet
+            path = self.staging / f"{self.split}-000000.tar.tmp"
+            with tarfile.open(path, mode="w", format=tarfile.GNU_FORMAT):
+                pass
+            self._done.append((path, 0))
+        return _publish(self._done, folder, lambda i: f"{self.split}-{i:06d}.tar")
+
+
+def _publish(done: list[tuple[Path, int]], folder: Path, name: Callable[[int], str]) -> list[ShardInfo]:
+    """Move staged shards to their final names (relative to ``folder``) and describe them."""
+    out = []
+    for i, (tmp, rows) in enumerate(done):
+        final = folder / name(i)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        out.append(ShardInfo(name(i), rows, final.stat().st_size, file_sha256(final)))
+    return out

@@ -1,0 +1,59 @@
+"""SCIN build throughput and peak memory, by number of cases and workers.
+
+Usage: python bench/build.py [--cases 1000 10000] [--workers 1 2]
+For each size it writes the synthetic SCIN sample once, then builds it (both formats) in a fresh
+`vldata build` process per worker count, and prints cases/s, CPU-seconds per case (all processes)
+and the peak RSS of the largest process. Build memory must not grow with the number of cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+_WRAPPER = """
+import resource, subprocess, sys, time, json
+t0 = time.perf_counter()
+subprocess.run(sys.argv[1:], check=True, capture_output=True)
+wall = time.perf_counter() - t0
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"wall": wall, "cpu": r.ru_utime + r.ru_stime, "maxrss_mb": r.ru_maxrss / 1024}))
+"""
+
+
+def run_build(raw: Path, out: Path, workers: int) -> dict:
+    """One build in a fresh wrapper process, so that CPU and peak RSS are this build's alone
+    (the build process and its workers; ru_maxrss is the largest of them)."""
+    cmd = [sys.executable, "-m", "vldata.cli", "build", "scin", "--raw", str(raw), "--out", str(out),
+           "--workers", str(workers)]
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+    from builders.scin import write_sample
+
+    print(f"{'cases':>7} {'workers':>7} {'cases/s':>9} {'cpu-ms/case':>12} {'peak RSS MB':>12}  (peak RSS: largest process of the build)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.cases:
+            raw = Path(tmp) / f"raw{n}"
+            write_sample(raw, n=n, seed=0)
+            for w in args.workers:
+                out = Path(tmp) / f"out{n}_{w}"
+                r = run_build(raw, out, w)
+                print(f"{n:>7} {w:>7} {n / r['wall']:>9.1f} {1000 * r['cpu'] / n:>12.2f} {r['maxrss_mb']:>12.0f}")
+                shutil.rmtree(out)
+
+
+if __name__ == "__main__":
+    main()
