@@ -516,8 +516,11 @@ def write_sample(raw: Path, n: int = 24, seed: int = 0) -> None:
                    fitzpatrick_skin_type=rng.choice(["FST1", "FST2", "FST3", "FST4", "FST5", "FST6", "NONE_IDENTIFIED", ""]),
                    related_category=rng.choice(_CATEGORIES), condition_duration=rng.choice(_DURATIONS))
         for col in CASE_COLUMNS:
-            if col.startswith(_MULTI_SELECT) and rng.random() < 0.25:
+            if col.startswith(_MULTI_SELECT[1:]) and rng.random() < 0.25:
                 row[col] = "YES"
+        races = [c for c in CASE_COLUMNS if c.startswith("race_ethnicity_") and "mitigation" not in c]
+        for col in rng.sample(races, rng.choice([0, 1, 1, 1, 1, 2])):  # mostly one answer, sometimes two
+            row[col] = "YES"
         race = [col for col in CASE_COLUMNS if col.startswith("race_ethnicity_") and row[col] == "YES"]
         row["combined_race"] = race[0][len("race_ethnicity_"):].upper() if len(race) == 1 else ""
         row["race_ethnicity_two_or_more_after_mitigation"] = "YES" if len(race) > 1 else ""

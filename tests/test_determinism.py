@@ -33,10 +33,11 @@ def test_parquet_only_equals_parquet_of_both(scin_raw, scin_built, tmp_path):
     assert not (tmp_path / "pq" / "webdataset").exists()
 
 
-@pytest.mark.parametrize("crash_at", ["partition:2", "batch:1"])
-def test_sigkill_then_resume_gives_the_same_shards(scin_raw, scin_built, tmp_path, crash_at):
+@pytest.mark.parametrize("crash_at,workers", [("partition:2", "1"), ("partition:3", "2"), ("batch:1", "1")])
+def test_sigkill_then_resume_gives_the_same_shards(scin_raw, scin_built, tmp_path, crash_at, workers):
     out = tmp_path / "out"
-    proc = run_cli("build", "scin", "--raw", scin_raw, "--out", out, *SMALL, env={"VLDATA_CRASH_AT": crash_at})
+    proc = run_cli("build", "scin", "--raw", scin_raw, "--out", out, "--workers", workers, *SMALL,
+                   env={"VLDATA_CRASH_AT": crash_at})
     assert proc.returncode == -9  # killed part-way
     assert not (out / "parquet" / "vldata.json").exists()
     done_before = len(list((out / "build" / "parts").glob("*.done.json")))

@@ -109,7 +109,7 @@ def _part_schema(builder: Builder) -> pa.Schema:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: an orphaned worker may still write
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -133,7 +133,7 @@ def build_partition(builder: Builder, part: Partition, parts_dir: Path) -> dict:
     report = SplitReport(input_rows=part.input_rows)
     failures: list[dict] = []
     rows: list[dict] = []
-    tmp = parts_dir / f"{part.index:05d}.arrow.tmp"
+    tmp = parts_dir / f"{part.index:05d}.arrow.{os.getpid()}.tmp"
     seen = 0
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for outcome in islice(builder.records(part, ctx), part.input_rows):
@@ -185,6 +185,20 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="row", leave=False)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: leave when the build process is gone (SIGKILL, OOM kill), instead of
+    lingering as an orphan that holds the terminal and may still be writing parts."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="vldata-parent-watch").start()
+
+
 def run_map(builder: Builder, partitions: list[Partition], parts_dir: Path, workers: int) -> None:
     todo = [p for p in partitions if not (parts_dir / f"{p.index:05d}.done.json").exists()]
     bar = _progress(sum(p.input_rows for p in todo), f"build {builder.name}")
@@ -197,7 +211,8 @@ def run_map(builder: Builder, partitions: list[Partition], parts_dir: Path, work
                 finished += 1
                 _maybe_crash("partition", finished)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(build_partition, builder, p, parts_dir): p for p in todo}
                 for fut in as_completed(futures):
                     fut.result()

@@ -81,7 +81,9 @@ def _field_stats(folder: Path, manifest: dict, max_values: int) -> list[str]:
             elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
                 counter.update(v for v in col.to_pylist() if v is not None)
         desc = f"  {field.name}: {field.type}, {nulls}/{total} null"
-        if counter and len(counter) <= 50:
+        if counter and len(counter) == total - nulls and total > 5:
+            desc += "; all distinct"
+        elif counter and len(counter) <= 50:
             desc += "; " + ", ".join(f"{k}={v}" for k, v in counter.most_common(max_values))
         elif counter:
             desc += f"; {len(counter)} distinct"
