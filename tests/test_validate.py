@@ -46,3 +46,16 @@ def test_missing_shard_is_named(scin_built, tmp_path):
     victim.unlink()
     proc = run_cli("validate", out)
     assert proc.returncode == 1 and f"{victim.name}: listed in the manifest but missing" in proc.stdout
+
+
+def test_mlcroissant_cli_accepts_both_croissant_files(scin_built):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = Path(sys.executable).with_name("mlcroissant")
+    for fmt in ("parquet", "webdataset"):
+        proc = subprocess.run([str(cli), "validate", "--jsonld", str(scin_built / fmt / "croissant.json")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "error" not in proc.stderr.lower()
