@@ -108,6 +108,12 @@ class Builder:
         """The Record produced under this config (a builder with views may override)."""
         return self.Record
 
+    def dedup_on(self) -> dict[str, str]:
+        """Columns besides ``key`` whose repeated values make a row a duplicate, as
+        {reason suffix: column path}, e.g. {"url": "url", "image": "image_info.sha256"}; a duplicate
+        is counted under ``duplicate_<suffix>``. The first row in input order is kept."""
+        return {}
+
     def partitions(self, raw: Path) -> list[Partition]:
         """Check the raw input's structure (raising StructuralError) and split it into partitions."""
         raise NotImplementedError

@@ -259,6 +259,46 @@ def _image_columns(record_type: type[sch.Record]) -> list[tuple[str, str]]:
     return out
 
 
+def _column_values(batch: pa.RecordBatch, path: str) -> list:
+    """Values of a possibly nested column (``"image_info.sha256"``) of a batch."""
+    import pyarrow.compute as pc
+
+    head, *rest = path.split(".")
+    col = batch.column(head)
+    for name in rest:
+        col = pc.struct_field(col, name)
+    return col.to_pylist()
+
+
+class _Dedup:
+    """Drops rows whose key, or any value of a builder's dedup columns, was already written.
+    The first occurrence in input order wins, so the outcome does not depend on the workers."""
+
+    def __init__(self, dedup_on: dict[str, str]):
+        self.columns = {"key": "key", **dedup_on}  # reason suffix -> column path
+        self.seen: dict[str, set] = {name: set() for name in self.columns}
+
+    def keep(self, batch: pa.RecordBatch, split: str, partition: int, report: SplitReport,
+             failures: list[dict]) -> list[int]:
+        values = {name: _column_values(batch, path) for name, path in self.columns.items()}
+        keys = values["key"]
+        keep = []
+        for i in range(batch.num_rows):
+            clash = next((n for n in self.columns if values[n][i] is not None and values[n][i] in self.seen[n]), None)
+            if clash is None:
+                for n in self.columns:
+                    if values[n][i] is not None:
+                        self.seen[n].add(values[n][i])
+                keep.append(i)
+                continue
+            report.written -= 1
+            report.add("duplicates", f"duplicate_{clash}")
+            failures.append({"split": split, "key": keys[i], "outcome": "duplicates", "reason": f"duplicate_{clash}",
+                             "message": f"an earlier input row has the same {self.columns[clash]}: {str(values[clash][i])[:200]}",
+                             "ref": f"partition {partition}"})
+        return keep
+
+
 def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, out: Path,
                formats: tuple[str, ...], shard_bytes: dict[str, int]) -> tuple[dict, dict[str, SplitReport]]:
     record_type = builder.record_type()
@@ -270,7 +310,7 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
     shards: dict[str, dict[str, list]] = {f: {} for f in formats}
     suffixes: set[str] = set()
     failures: list[dict] = []
-    seen_keys: set[str] = set()
+    dedup = _Dedup(builder.dedup_on())
     batches_done = 0
     bar = _progress(sum(p.input_rows for p in partitions), f"write {'+'.join(formats)}")
     splits = list(dict.fromkeys(p.split for p in partitions))
@@ -285,17 +325,7 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
                 report.notes[r] = report.notes.get(r, 0) + n
             failures.extend({"split": split, **f} for f in done["failures"])
             for batch in _read_part(parts_dir / f"{p.index:05d}.arrow"):
-                keys = batch.column("key").to_pylist()
-                keep = []
-                for i, k in enumerate(keys):
-                    if k in seen_keys:
-                        report.written -= 1
-                        report.add("duplicates", "duplicate_key")
-                        failures.append({"split": split, "key": k, "outcome": "duplicates", "reason": "duplicate_key",
-                                         "message": "an earlier input row produced the same key", "ref": f"partition {p.index}"})
-                    else:
-                        seen_keys.add(k)
-                        keep.append(i)
+                keep = dedup.keep(batch, split, p.index, report, failures)
                 if len(keep) != batch.num_rows:
                     batch = batch.take(pa.array(keep, type=pa.int64()))
                 nbytes = batch.column("__nbytes__").to_pylist()

@@ -1,0 +1,75 @@
+"""The engine with a builder defined here: filtered rows, dedup on nested columns, --limit, splits."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image as PILImage
+
+from vldata import Builder, Failed, Filtered, Image, Partition, Record
+from vldata.card import card_file
+from vldata.engine import run_build
+
+
+def png(shade: int) -> Image:
+    buf = io.BytesIO()
+    PILImage.new("L", (4, 4), shade).save(buf, format="PNG")
+    data = buf.getvalue()
+    return Image(data=data, format="png", width=4, height=4, sha256=hashlib.sha256(data).hexdigest())
+
+
+class Pair(Record):
+    image: Image
+    url: str | None
+
+
+class PairBuilder(Builder):
+    """Rows i = 0..n-1 per split: every 5th is filtered, every 7th fails, shade i % 4 repeats images."""
+
+    name, version, Record = "pairs", "0.0.1", Pair
+
+    def dedup_on(self) -> dict[str, str]:
+        return {"image": "image_info.sha256", "url": "url"}
+
+    def partitions(self, raw: Path) -> list[Partition]:
+        return [Partition(index=i, split=split, payload=(split, start), input_rows=4)
+                for i, (split, start) in enumerate([("train", 0), ("train", 4), ("test", 0)])]
+
+    def records(self, partition, ctx):
+        split, start = partition.payload
+        for i in range(start, start + partition.input_rows):
+            key = f"{split}_{i}"
+            if i == 5:
+                yield Filtered(key, "too_small", "filtered on purpose", f"row {i}")
+            elif i == 6:
+                yield Failed(key, "broken", "failed on purpose", f"row {i}")
+            else:
+                yield Pair(key=key, text=f"row {i}", image=png(i if i < 3 else i % 3),
+                           url=None if i == 7 else f"http://h/{i % 6}")
+
+    def card_path(self) -> Path:
+        return card_file("scin")
+
+
+def test_filtered_failed_and_nested_dedup_are_counted(tmp_path):
+    report = run_build(PairBuilder(), tmp_path, tmp_path / "out", formats=("parquet",))
+    train, test = report.splits["train"], report.splits["test"]
+    # train rows 0..7: 0,1,2 written; 3 and 4 repeat images 0 and 1; 5 filtered; 6 failed; 7 repeats image 1
+    assert (train.input_rows, train.written, train.failed, train.filtered, train.duplicates) == (8, 3, 1, 1, 3)
+    assert train.reasons["duplicates"] == {"duplicate_image": 3}
+    # test rows 0..3 are new keys, but images and URLs were already written in train: dedup is global
+    assert (test.written, test.duplicates) == (0, 4) and test.balanced
+    rows = pq.read_table(tmp_path / "out" / "parquet" / "data").to_pylist()
+    assert sorted(r["key"] for r in rows) == ["train_0", "train_1", "train_2"]
+    failures = pq.read_table(tmp_path / "out" / "build" / "failures.parquet").to_pylist()
+    assert len(failures) == train.input_rows + test.input_rows - 3
+    assert {f["reason"] for f in failures} == {"too_small", "broken", "duplicate_image"}
+
+
+def test_limit_takes_the_first_rows_in_order(tmp_path):
+    report = run_build(PairBuilder(), tmp_path, tmp_path / "out", formats=("parquet",), limit=6)
+    assert report.splits["train"].input_rows == 6 and "test" not in report.splits
+    assert report.splits["train"].filtered == 1
