@@ -43,3 +43,12 @@ def scin_built(scin_raw, tmp_path_factory) -> Path:
     run_cli("build", "scin", "--raw", scin_raw, "--out", out, "--parquet-shard-size", "40KB",
             "--tar-shard-size", "60KB", "--set", "rows_per_partition=7", check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def scin_images_built(scin_raw, tmp_path_factory) -> Path:
+    """The same sample in the image-level view (another source, for mixing)."""
+    out = tmp_path_factory.mktemp("scin_images") / "out"
+    run_cli("build", "scin", "--raw", scin_raw, "--out", out, "--set", "view=image", "--tar-shard-size", "80KB",
+            "--parquet-shard-size", "60KB", check=True)
+    return out

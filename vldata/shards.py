@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 from collections.abc import Callable
@@ -28,10 +29,16 @@ class ShardInfo:
     num_samples: int
     num_bytes: int
     sha256: str
+    row_groups: list[int] | None = None  # parquet: rows per row group, for random access
+    index: str | None = None  # webdataset: the member index sidecar, relative to the format folder
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "num_samples": self.num_samples, "num_bytes": self.num_bytes,
-                "sha256": self.sha256}
+        d = {"path": self.path, "num_samples": self.num_samples, "num_bytes": self.num_bytes, "sha256": self.sha256}
+        if self.row_groups is not None:
+            d["row_groups"] = self.row_groups
+        if self.index is not None:
+            d["index"] = self.index
+        return d
 
 
 def file_sha256(path: Path) -> str:
@@ -53,7 +60,8 @@ class ParquetShards:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = self._pending_bytes = 0
         self._shard_rows = self._shard_bytes = 0
-        self._done: list[tuple[Path, int]] = []
+        self._row_groups: list[int] = []
+        self._done: list[tuple[Path, int, dict]] = []
         staging.mkdir(parents=True, exist_ok=True)
 
     def write(self, batch: pa.RecordBatch, row_bytes: list[int]) -> None:
@@ -83,14 +91,16 @@ class ParquetShards:
             self._path = path
         table = pa.Table.from_batches(self._pending, schema=self.schema)
         self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self._row_groups.append(table.num_rows)
         self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def _close_shard(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            self._done.append((self._path, self._shard_rows))
+            self._done.append((self._path, self._shard_rows, {"row_groups": self._row_groups}))
             self._writer = None
         self._shard_rows = self._shard_bytes = 0
+        self._row_groups = []
 
     def finish(self, folder: Path) -> list[ShardInfo]:
         """Close the last shard and move all shards to their final names under ``folder``."""
@@ -99,7 +109,7 @@ class ParquetShards:
         if not self._done:  # an empty split still gets one (empty) shard so that readers see it
             path = self.staging / f"{self.split}-00000.parquet.tmp"
             pq.write_table(self.schema.empty_table(), path)
-            self._done.append((path, 0))
+            self._done.append((path, 0, {"row_groups": []}))
         n = len(self._done)
         return _publish(self._done, folder, lambda i: f"data/{self.split}-{i:05d}-of-{n:05d}.parquet")
 
@@ -112,7 +122,8 @@ class TarShards:
         self._file = None
         self._writer = None
         self._rows = 0
-        self._done: list[tuple[Path, int]] = []
+        self._index: list = []  # [key, [[suffix, data offset, size], ...]] per sample
+        self._done: list[tuple[Path, int, dict]] = []
         staging.mkdir(parents=True, exist_ok=True)
 
     def write(self, sample: dict) -> None:
@@ -122,6 +133,7 @@ class TarShards:
             self._file = open(self._path, "wb")
             self._writer = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
         key = sample["__key__"]
+        members = []
         for suffix, data in sample.items():
             if suffix == "__key__":
                 continue
@@ -129,6 +141,9 @@ class TarShards:
             info.size, info.mtime, info.mode = len(data), 0, 0o444
             info.uname = info.gname = "vldata"
             self._writer.addfile(info, io.BytesIO(data))
+            padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            members.append([suffix, self._writer.offset - padded, len(data)])
+        self._index.append([key, members])
         self._rows += 1
         if self._file.tell() >= self.target_bytes:
             self._close_shard()
@@ -137,9 +152,10 @@ class TarShards:
         if self._writer is not None:
             self._writer.close()
             self._file.close()
-            self._done.append((self._path, self._rows))
+            self._done.append((self._path, self._rows, {"index": self._index}))
             self._writer = self._file = None
             self._rows = 0
+            self._index = []
 
     def finish(self, folder: Path) -> list[ShardInfo]:
         self._close_shard()
@@ -147,16 +163,26 @@ class TarShards:
             path = self.staging / f"{self.split}-000000.tar.tmp"
             with tarfile.open(path, mode="w", format=tarfile.GNU_FORMAT):
                 pass
-            self._done.append((path, 0))
+            self._done.append((path, 0, {"index": []}))
         return _publish(self._done, folder, lambda i: f"{self.split}-{i:06d}.tar")
 
 
-def _publish(done: list[tuple[Path, int]], folder: Path, name: Callable[[int], str]) -> list[ShardInfo]:
-    """Move staged shards to their final names (relative to ``folder``) and describe them."""
+def _publish(done: list[tuple[Path, int, dict]], folder: Path, name: Callable[[int], str]) -> list[ShardInfo]:
+    """Move staged shards to their final names (relative to ``folder``) and describe them. A tar's
+    member index goes into a sidecar ``<shard>.idx.json`` so that readers can fetch one sample by
+    byte range without scanning the tar."""
     out = []
-    for i, (tmp, rows) in enumerate(done):
+    for i, (tmp, rows, extra) in enumerate(done):
         final = folder / name(i)
         final.parent.mkdir(parents=True, exist_ok=True)
+        index_name = None
+        if "index" in extra:
+            index_name = name(i).removesuffix(".tar") + ".idx.json"
+            doc = {"format": "vldata-tar-index-1", "shard": final.name, "samples": extra["index"]}
+            tmp_index = folder / (index_name + ".tmp")
+            tmp_index.write_text(json.dumps(doc, separators=(",", ":")))
+            os.replace(tmp_index, folder / index_name)
         os.replace(tmp, final)
-        out.append(ShardInfo(name(i), rows, final.stat().st_size, file_sha256(final)))
+        out.append(ShardInfo(name(i), rows, final.stat().st_size, file_sha256(final),
+                             row_groups=extra.get("row_groups"), index=index_name))
     return out

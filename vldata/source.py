@@ -1,0 +1,240 @@
+"""Random access by global index over a built dataset, in either format, local or any fsspec URL.
+
+``open(path, split)`` reads one manifest and nothing else: shard sizes (and parquet row-group sizes,
+tar member indexes) are located through it, so opening 10,000 shards costs one small read. Parquet is
+read by row group (the last few are cached); webdataset by byte range, using the member index written
+next to each tar at build time. Both give the same sample dict: ``key``, ``text``, ``image`` (encoded
+bytes of the primary image), ``source`` and every other field (other images as bytes). A shard that is
+shorter than the manifest says raises ``ShardError`` naming it. Nothing here decodes images.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import OrderedDict
+from typing import Any
+
+import fsspec
+import pyarrow.parquet as pq
+
+MANIFEST = "vldata.json"
+FORMATS = ("webdataset", "parquet")
+
+
+class ShardError(RuntimeError):
+    """A shard cannot be read as the manifest describes it (truncated, missing, altered)."""
+
+
+def _join(root: str, rel: str) -> str:
+    return root.rstrip("/") + "/" + rel
+
+
+def open(path: str, split: str = "train", format: str | None = None, name: str | None = None,  # noqa: A002
+         storage_options: dict | None = None) -> Source:
+    """A random-access source over OUT, OUT/parquet or OUT/webdataset (local path or fsspec URL).
+    When OUT holds both formats, ``format`` chooses (default: webdataset, read by byte ranges)."""
+    fs, root = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+    if not fs.exists(_join(root, MANIFEST)):
+        candidates = [f for f in ((format,) if format else FORMATS) if fs.exists(_join(_join(root, f), MANIFEST))]
+        if not candidates:
+            raise FileNotFoundError(f"{path}: no {MANIFEST} here or in parquet/ or webdataset/")
+        root = _join(root, candidates[0])
+    with fs.open(_join(root, MANIFEST), "rb") as f:
+        manifest = json.load(f)
+    if split not in manifest["splits"]:
+        raise KeyError(f"{path}: no split {split!r} (has {', '.join(manifest['splits'])})")
+    cls = ParquetSource if manifest["format"] == "parquet" else WebDatasetSource
+    return cls(fs, root, manifest, split, name or manifest["builder"])
+
+
+class Source:
+    """Samples of one split, addressable by global index 0..len-1 (shards in manifest order)."""
+
+    def __init__(self, fs, root: str, manifest: dict, split: str, name: str):
+        self.fs, self.root, self.manifest, self.split, self.name = fs, root, manifest, split, name
+        self.shards = manifest["splits"][split]["shards"]
+        self.shard_sizes = tuple(int(s["num_samples"]) for s in self.shards)
+        self._starts = [0]
+        for n in self.shard_sizes:
+            self._starts.append(self._starts[-1] + n)
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(shard number, index within the shard) of global index i."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} outside 0..{len(self) - 1}")
+        s = bisect.bisect_right(self._starts, i) - 1
+        return s, i - self._starts[s]
+
+    def shard_url(self, s: int) -> str:
+        return _join(self.root, self.shards[s]["path"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s, j = self.locate(int(i))
+        sample = self._read(s, j)
+        sample["source"] = self.name
+        return sample
+
+    def get_many(self, indices) -> list[dict[str, Any]]:
+        return [self[i] for i in indices]
+
+    def _read(self, shard: int, j: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _check_size(self, s: int, size: int) -> None:
+        expected = int(self.shards[s]["num_bytes"])
+        if size != expected:
+            raise ShardError(f"{self.shard_url(s)}: {size} bytes, manifest says {expected} (truncated or altered)")
+
+    def __getstate__(self):  # open file handles stay behind when a DataLoader worker gets a copy
+        state = self.__dict__.copy()
+        for k in [k for k in state if k.startswith("_cache") or k.startswith("_files")]:
+            state[k] = OrderedDict()
+        return state
+
+
+class ParquetSource(Source):
+    """Parquet shards, read one row group at a time."""
+
+    def __init__(self, *args, cache_row_groups: int = 2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_files: OrderedDict = OrderedDict()
+        self._keep_row_groups = cache_row_groups
+        self._image_columns = [n for n, f in self.manifest["features"].items() if _is_image(f)]
+
+    def _file(self, s: int) -> pq.ParquetFile:
+        if s not in self._cache_files:
+            url = self.shard_url(s)
+            try:
+                self._check_size(s, self.fs.size(url))
+                self._cache_files[s] = pq.ParquetFile(self.fs.open(url, "rb"))
+            except FileNotFoundError:
+                raise ShardError(f"{url}: missing") from None
+            while len(self._cache_files) > 4:
+                self._cache_files.popitem(last=False)
+        return self._cache_files[s]
+
+    def _row_group_of(self, s: int, j: int) -> tuple[int, int]:
+        sizes = self.shards[s].get("row_groups")
+        if sizes is None:
+            meta = self._file(s).metadata
+            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            self.shards[s]["row_groups"] = sizes
+        start = 0
+        for g, n in enumerate(sizes):
+            if j < start + n:
+                return g, j - start
+            start += n
+        raise IndexError(j)
+
+    def _read(self, s: int, j: int) -> dict[str, Any]:
+        g, k = self._row_group_of(s, j)
+        table = self._cache.get((s, g))
+        if table is None:
+            try:
+                table = self._file(s).read_row_group(g)
+            except ShardError:
+                raise
+            except Exception as e:
+                raise ShardError(f"{self.shard_url(s)}: row group {g} unreadable ({type(e).__name__}: {e})") from None
+            self._cache[(s, g)] = table
+            while len(self._cache) > self._keep_row_groups:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end((s, g))
+        row = table.slice(k, 1).to_pylist()[0]
+        for col in self._image_columns:
+            value = row[col]
+            if isinstance(value, list):
+                row[col] = [v["bytes"] if v else None for v in value]
+            elif value is not None:
+                row[col] = value["bytes"]
+        primary = self.manifest.get("primary_image", "image")
+        if primary != "image" and primary in row:
+            row["image"] = row[primary]
+        return row
+
+
+def _is_image(feature: Any) -> bool:
+    if isinstance(feature, dict):
+        if feature.get("_type") == "Image":
+            return True
+        if feature.get("_type") in ("List", "Sequence"):
+            return _is_image(feature.get("feature"))
+    return False
+
+
+class WebDatasetSource(Source):
+    """Tar shards, read by byte range through each shard's member index."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cache: OrderedDict = OrderedDict()  # shard -> index
+        self._files: OrderedDict = OrderedDict()  # shard -> open file
+        json_features = self.manifest["features"].get("json", {})
+        # a list of images F is written as members F_0.<ext>, F_1.<ext>, ... and described by F_info
+        self._image_lists = {n[: -len("_info")] for n, f in json_features.items()
+                             if n.endswith("_info") and isinstance(f, dict) and f.get("_type") in ("List", "Sequence")}
+
+    def _index(self, s: int) -> list:
+        if s not in self._cache:
+            info = self.shards[s]
+            if "index" not in info:
+                raise ShardError(f"{self.shard_url(s)}: the manifest lists no member index (built by an older vldata?)")
+            url = _join(self.root, info["index"])
+            try:
+                with self.fs.open(url, "rb") as f:
+                    doc = json.load(f)
+            except FileNotFoundError:
+                raise ShardError(f"{url}: member index missing") from None
+            if len(doc["samples"]) != int(info["num_samples"]):
+                raise ShardError(f"{url}: {len(doc['samples'])} samples, manifest says {info['num_samples']}")
+            self._cache[s] = doc["samples"]
+            while len(self._cache) > 8:
+                self._cache.popitem(last=False)
+        return self._cache[s]
+
+    def _file(self, s: int):
+        if s not in self._files:
+            url = self.shard_url(s)
+            try:
+                self._check_size(s, self.fs.size(url))
+                self._files[s] = self.fs.open(url, "rb")
+            except FileNotFoundError:
+                raise ShardError(f"{url}: missing") from None
+            while len(self._files) > 4:
+                self._files.popitem(last=False)[1].close()
+        return self._files[s]
+
+    def _read(self, s: int, j: int) -> dict[str, Any]:
+        key, members = self._index(s)[j]
+        f = self._file(s)
+        sample: dict[str, Any] = {"key": key}
+        lists: dict[str, dict[int, bytes]] = {}
+        for suffix, offset, size in members:
+            f.seek(offset)
+            data = f.read(size)
+            if len(data) != size:
+                raise ShardError(f"{self.shard_url(s)}: member {key}.{suffix} ends past the end of the file")
+            stem, _, ext = suffix.rpartition(".")
+            if suffix == "txt":
+                sample["text"] = data.decode("utf-8")
+            elif suffix == "json":
+                sample.update(json.loads(data))
+            elif not stem:  # the primary image: KEY.<ext>
+                sample["image"] = data
+            elif ext in ("jpg", "png", "webp"):
+                base, _, num = stem.rpartition("_")
+                if base in self._image_lists and num.isdigit():
+                    lists.setdefault(base, {})[int(num)] = data
+                else:
+                    sample[stem] = data
+            else:
+                sample[suffix] = data
+        for base, items in lists.items():
+            sample[base] = [items[i] for i in sorted(items)]
+        return sample
