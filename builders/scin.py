@@ -339,6 +339,7 @@ class ScinBuilder(Builder):
     summary = "SCIN skin-condition cases (Google, 2024): 1-3 photos per case with dermatologist labels"
     Config = ScinConfig
     Record = ScinCase
+    balance_fields = ("related_category", "fitzpatrick_skin_type", "age_group", "sex_at_birth")
 
     def record_type(self) -> type[Record]:
         return ScinImage if self.config.view == "image" else ScinCase

@@ -162,3 +162,29 @@ def test_consecutive_failures_stop_the_run(scin_built, monkeypatch):
     ds = vldata.TorchDataset(src, batch_size=4, decode="cpu", image_size=8, max_consecutive_errors=5)
     with pytest.raises(TooManyErrors, match="5 consecutive"):
         list(ds)
+
+
+def test_balanced_sampling_caps_every_value_per_epoch(scin_built):
+    import collections
+    import json
+
+    src = vldata.open(scin_built / "parquet")
+    values = src.values("related_category")
+    manifest = json.loads((scin_built / "parquet" / "vldata.json").read_text())
+    counts = {v: n for v, n in manifest["splits"]["train"]["values"]["counts"]["related_category"]}
+    assert counts == dict(collections.Counter(values))  # saved at build time, no scan needed
+    value_of = {src[i]["key"]: values[i] for i in range(len(src))}
+    cap = 2
+    ds = vldata.TorchDataset(src, batch_size=4, balance_by="related_category", cap=cap, seed=2, drop_last=False)
+    chosen = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        keys = [k for b in ds for k in b["key"]]
+        real = keys[: len(keys) - ds.plan().padding]
+        assert len(real) == len(set(real)) == sum(min(n, cap) for n in counts.values())
+        per_value = collections.Counter(value_of[k] for k in real)
+        assert all(per_value[v] == min(n, cap) for v, n in counts.items())
+        chosen.append(set(real))
+    assert chosen[0] != chosen[1]  # a fresh choice each epoch
+    with pytest.raises(KeyError, match="balance fields"):
+        vldata.TorchDataset(src, balance_by="text", cap=1)

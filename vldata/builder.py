@@ -93,6 +93,9 @@ class Builder:
     summary: ClassVar[str] = ""
     Config: ClassVar[type[Config]] = Config
     Record: ClassVar[type[Record]]
+    # top-level scalar fields whose per-row values and counts are saved at build time, so that
+    # loaders can balance by them (MetaCLIP-style caps) without scanning the data
+    balance_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **config: Any) -> None:
         try:

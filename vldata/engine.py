@@ -299,6 +299,35 @@ class _Dedup:
         return keep
 
 
+class _ValueWriter:
+    """The values of a builder's ``balance_fields`` for every written row of a split, in row order
+    (``values/{split}.parquet``), and their counts: what balanced sampling needs, without a scan."""
+
+    def __init__(self, staging: Path, split: str, schema: pa.Schema, fields: tuple[str, ...]):
+        for f in fields:
+            if f not in schema.names or pa.types.is_nested(schema.field(f).type):
+                raise TypeError(f"balance field {f!r} must be a top-level scalar column of the record")
+        staging.mkdir(parents=True, exist_ok=True)
+        self.path, self.split, self.fields = staging / f"{split}.parquet", split, list(fields)
+        self.schema = pa.schema([schema.field(f) for f in fields])
+        self.writer = pq.ParquetWriter(self.path, self.schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write_table(pa.Table.from_batches([batch.select(self.fields)]).cast(self.schema))
+
+    def finish(self) -> dict:
+        import pyarrow.compute as pc
+
+        self.writer.close()
+        table = pq.read_table(self.path)
+        counts = {}
+        for f in self.fields:
+            vc = pc.value_counts(table.column(f)).to_pylist()
+            counts[f] = sorted(([d["values"], d["counts"]] for d in vc), key=lambda x: (-x[1], str(x[0])))
+        return {"staged": str(self.path), "path": f"values/{self.split}.parquet", "fields": self.fields,
+                "counts": counts}
+
+
 def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, out: Path,
                formats: tuple[str, ...], shard_bytes: dict[str, int]) -> tuple[dict, dict[str, SplitReport]]:
     record_type = builder.record_type()
@@ -314,8 +343,10 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
     batches_done = 0
     bar = _progress(sum(p.input_rows for p in partitions), f"write {'+'.join(formats)}")
     splits = list(dict.fromkeys(p.split for p in partitions))
+    values: dict[str, dict] = {}
     for split in splits:
         report = reports.setdefault(split, SplitReport())
+        vw = _ValueWriter(staging / "values", split, schema, builder.balance_fields) if builder.balance_fields else None
         pw = ParquetShards(staging / "parquet", split, schema, shard_bytes["parquet"]) if "parquet" in formats else None
         tw = TarShards(staging / "webdataset", split, shard_bytes["webdataset"]) if "webdataset" in formats else None
         for p in (p for p in partitions if p.split == split):
@@ -331,6 +362,8 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
                 nbytes = batch.column("__nbytes__").to_pylist()
                 if pw is not None:
                     pw.write(batch.select(schema.names), nbytes)
+                if vw is not None:
+                    vw.write(batch)
                 if tw is not None:
                     for row in batch.to_pylist():
                         sample = _wds_sample(row, image_cols)
@@ -343,9 +376,12 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
             shards["parquet"][split] = pw.finish(out / "parquet")
         if tw is not None:
             shards["webdataset"][split] = tw.finish(out / "webdataset")
+        if vw is not None:
+            values[split] = vw.finish()
     bar.close()
     _write_failures(out / "build" / "failures.parquet", failures)
-    return {"shards": shards, "image_suffixes": sorted(suffixes, key=lambda s: ("." in s, s))}, reports
+    return {"shards": shards, "image_suffixes": sorted(suffixes, key=lambda s: ("." in s, s)),
+            "values": values}, reports
 
 
 def _merge(report: SplitReport, doc: dict) -> None:
@@ -436,7 +472,8 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
              "total": report.totals.as_dict()}
     _atomic_write_bytes(build_dir / "stats.json", json.dumps(stats, indent=1).encode())
     for fmt in formats:
-        write_format_folder(builder, sheet, out, fmt, written["shards"][fmt], written["image_suffixes"], stats)
+        write_format_folder(builder, sheet, out, fmt, written["shards"][fmt], written["image_suffixes"], stats,
+                            written["values"])
     # complete: the parts were only needed to resume; they would double the disk footprint
     shutil.rmtree(build_dir / "staging", ignore_errors=True)
     shutil.rmtree(parts_dir, ignore_errors=True)

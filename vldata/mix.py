@@ -3,12 +3,15 @@
 A ``Mix`` owns no order of its own: ``plan(...)`` returns the pure ``Plan`` for an epoch, and
 ``sample(k, i)`` reads sample i of source k and tags it with the source's name (``source``), which
 training code can use for prefix conditioning of the text encoder. A single ``Source`` is a Mix of
-one. Weights are exact rationals (``plan.rational_weights``).
+one. Weights are exact rationals (``plan.rational_weights``). With ``balance_by=FIELD, cap=N`` each
+epoch uses at most N samples of any value of FIELD (MetaCLIP-style), from values saved at build time.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from .plan import Plan, Stop
 from .source import Source
@@ -16,7 +19,7 @@ from .source import Source
 
 class Mix:
     def __init__(self, sources: dict[str, Source], weights: dict[str, float] | None = None, seed: int = 0,
-                 stop: Stop = "first_exhausted"):
+                 stop: Stop = "first_exhausted", balance_by: str | None = None, cap: int | None = None):
         if not sources:
             raise ValueError("a Mix needs at least one source")
         self.names = list(sources)
@@ -27,17 +30,56 @@ class Mix:
             raise ValueError(f"weights for unknown sources: {sorted(unknown)}")
         self.weights = tuple(float(weights.get(n, 0.0)) for n in self.names)
         self.seed, self.stop = seed, stop
+        if (balance_by is None) != (cap is None) or (cap is not None and cap < 1):
+            raise ValueError("balance_by and cap go together, with cap >= 1")
+        self.balance_by, self.cap = balance_by, cap
+        self._values: list | None = None
+        self._subsets: dict[int, tuple] = {}
         self.plan()  # validate weights, sizes and stop rule now rather than in a worker
 
     @classmethod
-    def of(cls, data: Source | Mix, seed: int = 0) -> Mix:
-        return data if isinstance(data, Mix) else cls({data.name: data}, seed=seed)
+    def of(cls, data: Source | Mix, seed: int = 0, balance_by: str | None = None, cap: int | None = None) -> Mix:
+        if isinstance(data, Mix):
+            if balance_by is not None:
+                raise ValueError("give balance_by/cap to the Mix itself")
+            return data
+        return cls({data.name: data}, seed=seed, balance_by=balance_by, cap=cap)
+
+    def subsets(self, epoch: int, seed: int) -> tuple | None:
+        """Per source, the indices balanced sampling keeps this epoch: for every value of
+        ``balance_by`` with more than ``cap`` samples, a fresh random ``cap`` of them (MetaCLIP's
+        per-entry cap); every sample of rarer values. Sources without the field keep everything."""
+        if self.balance_by is None:
+            return None
+        if (epoch, seed) not in self._subsets:
+            if self._values is None:
+                self._values = [_values_or_none(s, self.balance_by) for s in self.sources]
+                if all(v is None for v in self._values):
+                    self.sources[0].values(self.balance_by)  # raises KeyError naming what is there
+            out = []
+            for k, values in enumerate(self._values):
+                if values is None:
+                    out.append(None)
+                    continue
+                rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, k, 0xBA1A]))
+                groups: dict = {}
+                for i, v in enumerate(values):
+                    groups.setdefault(v, []).append(i)
+                keep = []
+                for v in sorted(groups, key=lambda v: (v is None, str(v))):
+                    members = groups[v]
+                    keep.extend(members if len(members) <= self.cap else rng.choice(members, self.cap, replace=False))
+                out.append(np.sort(np.asarray(keep, dtype=np.int64)))
+            self._subsets = {(epoch, seed): tuple(out)}  # one epoch at a time
+        return self._subsets[(epoch, seed)]
 
     def plan(self, epoch: int = 0, world_size: int = 1, batch_size: int = 1, shuffle: bool = True,
              window: int = 4096, drop_last: bool = False, seed: int | None = None) -> Plan:
+        seed = self.seed if seed is None else seed
         return Plan(shard_sizes=tuple(s.shard_sizes for s in self.sources), weights=self.weights,
-                    seed=self.seed if seed is None else seed, epoch=epoch, stop=self.stop, world_size=world_size,
-                    batch_size=batch_size, shuffle=shuffle, window=window, drop_last=drop_last)
+                    seed=seed, epoch=epoch, stop=self.stop, world_size=world_size,
+                    batch_size=batch_size, shuffle=shuffle, window=window, drop_last=drop_last,
+                    subsets=self.subsets(epoch, seed))
 
     def sample(self, k: int, i: int) -> dict[str, Any]:
         sample = self.sources[k][int(i)]
@@ -53,3 +95,10 @@ class Mix:
     def __getitem__(self, g: int) -> dict[str, Any]:
         k, i = self.plan().sources_at([g])
         return self.sample(int(k[0]), int(i[0]))
+
+
+def _values_or_none(source: Source, field: str) -> list | None:
+    try:
+        return source.values(field)
+    except KeyError:
+        return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from . import schema as sch
@@ -19,7 +20,8 @@ MANIFEST = "vldata.json"
 MANIFEST_VERSION = 1
 
 
-def manifest_document(builder, fmt: str, shards: dict[str, list[ShardInfo]], image_suffixes: list[str]) -> dict:
+def manifest_document(builder, fmt: str, shards: dict[str, list[ShardInfo]], image_suffixes: list[str],
+                      values: dict[str, dict] | None = None) -> dict:
     record_type = builder.record_type()
     features = sch.hf_features(record_type) if fmt == "parquet" else sch.wds_features(record_type, image_suffixes)
     return {
@@ -34,7 +36,9 @@ def manifest_document(builder, fmt: str, shards: dict[str, list[ShardInfo]], ima
         "image_members": image_suffixes if fmt == "webdataset" else [],
         "splits": {
             split: {"num_samples": sum(s.num_samples for s in infos), "num_bytes": sum(s.num_bytes for s in infos),
-                    "shards": [s.as_dict() for s in infos]}
+                    "shards": [s.as_dict() for s in infos],
+                    **({"values": {k: v for k, v in values[split].items() if k != "staged"}}
+                       if values and split in values else {})}
             for split, infos in shards.items()
         },
     }
@@ -55,14 +59,17 @@ def data_files(fmt: str, split: str) -> str:
 
 
 def write_format_folder(builder, sheet, out: Path, fmt: str, shards: dict[str, list[ShardInfo]],
-                        image_suffixes: list[str], stats: dict) -> None:
+                        image_suffixes: list[str], stats: dict, values: dict[str, dict] | None = None) -> None:
     """Write README.md, croissant.json and (last) vldata.json into ``out/<fmt>``."""
     from .card import render_readme
     from .croissant import croissant_document
 
     folder = out / fmt
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = manifest_document(builder, fmt, shards, image_suffixes)
+    for info in (values or {}).values():  # per-row values of the balance fields, for balanced sampling
+        (folder / info["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(info["staged"], folder / info["path"])
+    manifest = manifest_document(builder, fmt, shards, image_suffixes, values)
     record_type = builder.record_type()
     features = sch.hf_features(record_type) if fmt == "parquet" else sch.wds_features(record_type, image_suffixes)
     readme = render_readme(

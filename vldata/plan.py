@@ -125,6 +125,8 @@ class Plan:
     shuffle: bool = True
     window: int = 4096
     drop_last: bool = False
+    # per source: the sorted global indices this epoch may use (balanced sampling), or None for all
+    subsets: tuple[np.ndarray | None, ...] | None = field(default=None, compare=False, repr=False)
     int_weights: tuple[int, ...] = field(init=False)
     sizes: tuple[int, ...] = field(init=False)
 
@@ -136,7 +138,10 @@ class Plan:
         weights = self.weights or tuple(1.0 for _ in self.shard_sizes)
         if len(weights) != len(self.shard_sizes):
             raise ValueError("one weight per source")
-        sizes = tuple(int(sum(s)) for s in self.shard_sizes)
+        subsets = self.subsets or (None,) * len(self.shard_sizes)
+        if len(subsets) != len(self.shard_sizes):
+            raise ValueError("one subset (or None) per source")
+        sizes = tuple(int(sum(s)) if sub is None else len(sub) for s, sub in zip(self.shard_sizes, subsets))
         ints = rational_weights(list(weights))
         for k, (w, n) in enumerate(zip(ints, sizes)):
             if w > 0 and n == 0:
@@ -190,12 +195,20 @@ class Plan:
             n = self.sizes[k]
             passes, within = np.divmod(j[mask], n)
             out = np.empty(mask.sum(), dtype=np.int64)
+            sub = self.subsets[k] if self.subsets else None
+            shard_sizes = self.shard_sizes[k] if sub is None else self._subset_shard_sizes(int(k))
             for p in np.unique(passes):
                 pm = passes == p
-                out[pm] = local_order(self.shard_sizes[k], self.seed, self.epoch, int(k), int(p),
+                out[pm] = local_order(shard_sizes, self.seed, self.epoch, int(k), int(p),
                                       self.window, self.shuffle)[within[pm]]
-            idx[mask] = out
+            idx[mask] = out if sub is None else sub[out]
         return src, idx
+
+    def _subset_shard_sizes(self, k: int) -> tuple[int, ...]:
+        """How many of source k's subset fall in each of its shards (keeps reads shard-local)."""
+        bounds = np.cumsum(self.shard_sizes[k])
+        shard_of = np.searchsorted(bounds, self.subsets[k], side="right")
+        return tuple(int(c) for c in np.bincount(shard_of, minlength=len(bounds)))
 
     # -- ranks and batches --------------------------------------------------------------------
 

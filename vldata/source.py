@@ -78,6 +78,15 @@ class Source:
         sample["source"] = self.name
         return sample
 
+    def values(self, field: str) -> list:
+        """Per-sample values of a balance field (saved at build time), in index order."""
+        info = self.manifest["splits"][self.split].get("values")
+        if not info or field not in info["fields"]:
+            have = ", ".join(info["fields"]) if info else "none"
+            raise KeyError(f"{self.root}: no saved values for {field!r} (balance fields: {have})")
+        with self.fs.open(_join(self.root, info["path"]), "rb") as f:
+            return pq.read_table(f, columns=[field]).column(field).to_pylist()
+
     def get_many(self, indices) -> list[dict[str, Any]]:
         return [self[i] for i in indices]
 

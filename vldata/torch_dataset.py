@@ -36,12 +36,13 @@ class TorchDataset(IterableDataset):
     def __init__(self, data: Source | Mix, shuffle: bool = True, seed: int = 0,
                  decode: Literal["cpu"] | None = None, image_size: int | tuple[int, int] | None = None,
                  rank: int | None = None, world_size: int | None = None, batch_size: int | None = None,
-                 drop_last: bool = False, window: int = 4096, max_consecutive_errors: int = 32):
+                 drop_last: bool = False, window: int = 4096, max_consecutive_errors: int = 32,
+                 balance_by: str | None = None, cap: int | None = None):
         if decode not in (None, "cpu"):
             raise ValueError(f"decode must be None or 'cpu', got {decode!r}")
         if decode == "cpu" and batch_size is not None and image_size is None:
             raise ValueError("batching decoded images needs image_size (one tensor shape per batch)")
-        self.mix = Mix.of(data, seed=seed)
+        self.mix = Mix.of(data, seed=seed, balance_by=balance_by, cap=cap)
         self.shuffle, self.seed, self.decode, self.image_size = shuffle, seed, decode, image_size
         self.batch_size, self.drop_last, self.window = batch_size, drop_last, window
         self.max_consecutive_errors = max_consecutive_errors
