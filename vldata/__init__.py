@@ -11,14 +11,18 @@ from .source import ShardError, Source
 from .source import open  # noqa: A004  (vldata.open is the documented entry point)
 
 __all__ = ["build", "Builder", "BuildReport", "Config", "Failed", "Filtered", "Image", "Mix", "Partition", "Plan",
-           "Record", "RowContext", "ShardError", "Source", "StructuralError", "TorchDataset", "get_builder",
+           "Record", "RowContext", "ShardError", "Source", "StructuralError", "TorchDataset", "decode_batch", "decode_loader_batch", "get_builder",
            "list_builders", "open"]
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    if name == "TorchDataset":  # imports torch: only when asked for
-        from .torch_dataset import TorchDataset
+_TORCH_NAMES = {"TorchDataset": "torch_dataset", "decode_batch": "batch_decode",
+                "decode_loader_batch": "batch_decode", "BatchDecoder": "batch_decode"}
 
-        return TorchDataset
+
+def __getattr__(name: str):
+    if name in _TORCH_NAMES:  # these import torch: only when asked for
+        import importlib
+
+        return getattr(importlib.import_module(f".{_TORCH_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'vldata' has no attribute {name!r}")

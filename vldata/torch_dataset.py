@@ -3,7 +3,10 @@ of one pure plan.
 
 Rank and world come from explicit arguments or ``torch.distributed``; the worker from
 ``get_worker_info()``. With ``batch_size`` set, the dataset yields whole batches (use
-``DataLoader(ds, batch_size=None, num_workers=N)``): worker w of N produces the rank's batches
+``DataLoader(ds, batch_size=None, num_workers=N)``). Batches hold ``image`` (uint8 [B,3,H,W] with
+``decode="cpu"``; with ``decode=None`` the encoded bytes as one flat uint8 tensor plus
+``image_sizes``, for ``vldata.decode_loader_batch`` on the GPU), ``text``, ``key`` and ``source``.
+Worker w of N produces the rank's batches
 w, w+N, ..., which is exactly the order in which DataLoader collects them, so the rank sees the
 plan's order whatever N is. The state is two integers, ``epoch`` and ``position`` (the next batch
 number); every worker restarts at the first of its batches at or after ``position``, which is right
@@ -133,9 +136,15 @@ class TorchDataset(IterableDataset):
 
     def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         images = [s["image"] for s in samples]
-        return {
-            "image": collate_images(images) if self.decode == "cpu" else images,
+        batch = {
             "text": [s.get("text", "") for s in samples],
             "key": [s["key"] for s in samples],
             "source": [s["source"] for s in samples],
         }
+        if self.decode == "cpu":
+            batch["image"] = collate_images(images)
+        else:  # encoded bytes as one flat uint8 tensor (one shared-memory block per batch) + lengths
+            batch["image"] = torch.frombuffer(bytearray(b"".join(images)), dtype=torch.uint8) \
+                if any(images) else torch.empty(0, dtype=torch.uint8)
+            batch["image_sizes"] = torch.tensor([len(b) for b in images], dtype=torch.int64)
+        return batch
