@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from fakes.toy import SPLITS, Toy, write_parquet, write_webdataset
 from vldata import card, schema
-from vldata.croissant import CONFORMS_TO, croissant_document, validate_croissant
+from vldata.croissant import CONFORMS_TO, CONTEXT, croissant_document, validate_croissant
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +60,12 @@ def test_parquet_document_validates_and_reads_back(tmp_path, sheet):
     assert validate_croissant(path) == []
     assert validate_croissant(path, warnings=True) == []
 
-    assert doc["conformsTo"] == CONFORMS_TO
+    assert doc["conformsTo"] == CONFORMS_TO == "http://mlcommons.org/croissant/1.1"
     files = [d for d in doc["distribution"] if d["@type"] == "cr:FileObject"]
     assert [f["contentUrl"] for f in files] == [s[0]["path"] for s in shards.values()]
     assert {f["encodingFormat"] for f in files} == {"application/x-parquet"}
     assert [f["sha256"] for f in files] == [s[0]["sha256"] for s in shards.values()]
+    assert [f["contentSize"] for f in files] == [f"{s[0]['num_bytes']} B" for s in shards.values()]
 
     rows = records(path, "default")
     assert len(rows) == sum(SPLITS.values())
@@ -107,9 +109,58 @@ def test_rai_properties_come_from_the_datasheet(tmp_path, sheet):
     assert sheet.uses.out_of_scope.strip() in doc["rai:dataLimitations"]
     assert sheet.collection_process.acquisition.strip() in doc["rai:dataCollection"]
     assert set(sheet.sensitive_data) <= set(doc["rai:personalSensitiveInformation"])
+    assert doc["rai:dataCollectionRawData"] == sheet.preprocessing.raw_data.strip()
+    assert doc["rai:dataAnnotationProtocol"] == [sheet.composition.labels.strip()]
     metadata = mlc.Dataset(jsonld=tmp_path / "croissant.json").metadata
     assert metadata.data_use_cases == doc["rai:dataUseCases"]
     assert metadata.personal_sensitive_information == doc["rai:personalSensitiveInformation"]
+    assert metadata.data_annotation_protocol == doc["rai:dataAnnotationProtocol"]
+    assert str(metadata.ctx.conforms_to.value) == CONFORMS_TO
+
+
+def test_context_is_the_standard_croissant_1_1_context():
+    from mlcroissant._src.core.context import Context, CroissantVersion
+    from mlcroissant._src.core.rdf import make_context
+
+    assert CONTEXT == make_context(Context(conforms_to=CroissantVersion.V_1_1))
+
+
+def test_mlcroissant_cli_validates_documents_offline(tmp_path, sheet):
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).with_name("mlcroissant")
+    for fmt, writer in (("parquet", write_parquet), ("webdataset", write_webdataset)):
+        folder = tmp_path / fmt
+        path, _ = write_document(folder, sheet, fmt, writer(folder))
+        proc = subprocess.run([str(cli), "validate", "--jsonld", str(path)], capture_output=True, text=True,
+                              env={**os.environ, "NO_PROXY": "", "HTTPS_PROXY": "http://127.0.0.1:9",
+                                   "HTTP_PROXY": "http://127.0.0.1:9"}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "error" not in proc.stderr.lower()
+
+
+def test_mlcroissant_iterates_the_records_of_the_built_scin_parquet_folder(scin_built):
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder = scin_built / "parquet"
+    assert validate_croissant(folder / "croissant.json") == []
+    manifest = json.loads((folder / "vldata.json").read_text())
+    expected = {}
+    for info in manifest["splits"].values():
+        for shard in info["shards"]:
+            table = pq.read_table(folder / shard["path"], columns=["key", "text", "case_id"])
+            expected.update({r["key"]: r for r in table.to_pylist()})
+    rows = list(mlc.Dataset(jsonld=folder / "croissant.json").records("default"))
+    assert len(rows) == sum(info["num_samples"] for info in manifest["splits"].values()) == len(expected)
+    for row in rows:
+        want = expected[row["default/key"].decode()]
+        assert row["default/text"].decode() == want["text"]
+        assert row["default/case_id"].decode() == want["case_id"]
+        assert row["default/split"] == b"train"
+        assert isinstance(row["default/image"], Image.Image) and min(row["default/image"].size) > 0
+        assert all(isinstance(i["default/images/index"], int) for i in row["default/images"])
 
 
 def test_broken_documents_report_issues(tmp_path, sheet):

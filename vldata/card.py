@@ -1,7 +1,8 @@
 """Datasheets and dataset cards.
 
 A dataset's documentation is data: ``cards/NAME.yaml`` answers the questions of "Datasheets for
-Datasets" (Gebru et al.) and carries the Hub metadata; ``Datasheet`` validates it. ``render_readme``
+Datasets" (Gebru et al.) and carries the Hub metadata; ``Datasheet`` validates it, checking licence,
+task and size ids against the Hub's own lists kept in ``hub_vocab``. ``render_readme``
 turns a datasheet plus what a build measured (features, field table, split sizes, stats, config) into
 the ``README.md`` of an output folder: a Hugging Face card whose YAML header (written through
 ``huggingface_hub.DatasetCardData`` and ``datasets``' own ``DatasetInfosDict``) declares configs and
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from . import hub_vocab
 
 if TYPE_CHECKING:
     import datasets
@@ -132,21 +135,48 @@ class Maintenance(_Section):
 
 
 class HubMetadata(_Section):
-    """What the Hugging Face Hub shows and filters on."""
+    """What the Hugging Face Hub shows and filters on; ids are checked against ``hub_vocab``."""
 
     pretty_name: str
     task_categories: list[str] = Field(min_length=1)
-    language: list[str] = Field(min_length=1)
+    language: list[str] = Field([], description="ISO 639 codes of the text; may stay empty only for a "
+                                "multilingual dataset whose languages are not all known.")
+    multilinguality: list[str] = []
     tags: list[str] = []
     gated: bool = False
     gated_prompt: str | None = None
     gated_fields: dict[str, str] = {}
 
+    @field_validator("task_categories", "multilinguality")
+    @classmethod
+    def _hub_ids(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        return [hub_vocab.check(info.field_name, v) for v in values]
+
+    @field_validator("language")
+    @classmethod
+    def _language_codes(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if not _LANGUAGE.match(v):
+                raise ValueError(f"{v!r} is not an ISO 639 language code (two or three lower-case letters)")
+        return values
+
+    @field_validator("gated_fields")
+    @classmethod
+    def _gated_field_types(cls, fields: dict[str, str]) -> dict[str, str]:
+        for kind in fields.values():
+            hub_vocab.check("gated_field_type", kind)
+        return fields
+
     @model_validator(mode="after")
-    def _gating_has_prompt(self) -> HubMetadata:
+    def _gating_and_languages(self) -> HubMetadata:
         if self.gated and not self.gated_prompt:
             raise _missing("gated_prompt", "required when gated is true")
+        if not self.language and "multilingual" not in self.multilinguality:
+            raise _missing("language", "required unless multilinguality is multilingual")
         return self
+
+
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 
 
 SECTIONS: dict[str, str] = {
@@ -167,11 +197,11 @@ class Datasheet(BaseModel):
 
     summary: str
     homepage: str | None = None
-    license: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.+-]*$",
-                         description='SPDX licence id (e.g. "CC-BY-4.0") or "other".')
+    license: str = Field(description='A licence id the Hub accepts (e.g. "cc-by-4.0"), "unknown" or "other".')
     license_name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]*$",
                                      description='Slug of the licence when license is "other".')
-    license_link: str | None = Field(None, description='URL of the licence text when license is "other".')
+    license_link: str | None = Field(None, description='URL of the licence text or terms (required when '
+                                     'license is "other").')
     item_license_field: str | None = Field(None, description="Record field carrying per-item licences.")
     citation: str = Field(description="BibTeX entry (or entries) to cite.")
     sensitive_data: list[str] = Field([], description="Statements about sensitive content, shown verbatim.")
@@ -184,9 +214,14 @@ class Datasheet(BaseModel):
     distribution: Distribution
     maintenance: Maintenance
 
+    @field_validator("license")
+    @classmethod
+    def _hub_license(cls, value: str) -> str:
+        return hub_vocab.check("license", value)
+
     @model_validator(mode="after")
     def _other_license_is_named(self) -> Datasheet:
-        if self.license.lower() == "other":
+        if self.license == "other":
             for name in ("license_name", "license_link"):
                 if not getattr(self, name):
                     raise _missing(name, 'required when license is "other"')
@@ -238,7 +273,7 @@ def _describe(error: Mapping[str, Any]) -> str:
         return f"missing required answer '{where}'"
     if error["type"] == "extra_forbidden":
         return f"unknown question '{where}'"
-    message = str(error.get("msg", ""))
+    message = str(error.get("msg", "")).removeprefix("Value error, ")
     found = re.search(r"@(\w+)@ (.*)", message)
     if found:  # raised by a model validator via _missing
         where = ".".join([*([where] if where else []), found.group(1)])
@@ -257,7 +292,7 @@ OUTCOMES = ("written", "failed", "filtered", "duplicates")
 
 def size_category(n: int) -> str:
     """The Hub's ``size_categories`` bucket of ``n`` examples."""
-    return next((label for bound, label in _SIZE_BUCKETS if n < bound), "n>1T")
+    return hub_vocab.check("size_categories", next((label for bound, label in _SIZE_BUCKETS if n < bound), "n>1T"))
 
 
 def card_data(sheet: Datasheet, *, features: datasets.Features, splits: dict[str, dict],
@@ -267,8 +302,8 @@ def card_data(sheet: Datasheet, *, features: datasets.Features, splits: dict[str
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCardData
 
-    licence: dict[str, Any] = {"license": sheet.license.lower()}
-    if sheet.license.lower() == "other":
+    licence: dict[str, Any] = {"license": sheet.license}
+    if sheet.license == "other":
         licence.update(license_name=sheet.license_name, license_link=sheet.license_link)
     gating: dict[str, Any] = {}
     if sheet.hub.gated:
@@ -279,7 +314,8 @@ def card_data(sheet: Datasheet, *, features: datasets.Features, splits: dict[str
     data = DatasetCardData(
         pretty_name=sheet.hub.pretty_name,
         **licence,
-        language=list(sheet.hub.language),
+        language=list(sheet.hub.language) or None,
+        multilinguality=list(sheet.hub.multilinguality) or None,
         task_categories=list(sheet.hub.task_categories),
         size_categories=[size_category(total)],
         tags=list(sheet.hub.tags),
@@ -311,6 +347,9 @@ def render_readme(sheet: Datasheet, *, pretty_title: str, fmt: str, features: da
 
     if fmt not in ("parquet", "webdataset"):
         raise ValueError(f"unknown format {fmt!r}")
+    if sheet.item_license_field and sheet.item_license_field not in {r["name"] for r in field_rows}:
+        raise ValueError(f"the datasheet's item_license_field {sheet.item_license_field!r} is not a field of "
+                         "the record")
     header = card_data(sheet, features=features, splits=splits, data_files=data_files)
     body = "\n".join([
         f"# {pretty_title}", "", sheet.summary.strip(), "",
@@ -375,14 +414,18 @@ def _datasheet_sections(sheet: Datasheet) -> list[str]:
 
 
 def _licence(sheet: Datasheet) -> list[str]:
-    if sheet.license.lower() == "other":
+    if sheet.license == "other":
         text = f"The dataset is distributed under `{sheet.license_name}`: {sheet.license_link}."
+    elif sheet.license == "unknown":
+        text = "No single licence is known for the dataset as a whole; the terms below apply."
     else:
-        text = f"The dataset is distributed under `{sheet.license}`."
+        text = f"The dataset is distributed under `{sheet.license}` ({hub_vocab.license_name(sheet.license)})."
+    if sheet.license_link and sheet.license != "other":
+        text += f" Terms: {sheet.license_link}."
     lines = ["## Licence", "", text, "", sheet.distribution.license_terms.strip(), ""]
     if sheet.item_license_field:
-        lines += [f"Individual items carry their own licence in the field `{sheet.item_license_field}`; "
-                  "it applies to that item in addition to the dataset licence.", ""]
+        lines += [f"Individual items carry their own licence in the field `{sheet.item_license_field}` (null when "
+                  "the source gives none); it applies to that item in addition to the dataset licence.", ""]
     return lines
 
 

@@ -68,8 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parquet-shard-size", type=parse_size, default="500MB", help="target parquet shard size")
     p.add_argument("--tar-shard-size", type=parse_size, default="1GB", help="target webdataset shard size")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
-    p = sub.add_parser("inspect", help="summary of a built dataset")
+    p = sub.add_parser("inspect", help="summary of a built dataset: counts, sizes, field statistics, histograms")
     p.add_argument("out", type=Path)
+    p.add_argument("--png", type=Path, help="also write a contact sheet of samples (thumbnails with their text)")
+    p.add_argument("--html", type=Path, help="also write the summary and the samples as one HTML page")
+    p.add_argument("--n", type=int, default=16, help="samples on the contact sheet, evenly spaced (default 16)")
     p = sub.add_parser("validate", help="re-read every shard and check manifest, schema, card, croissant")
     p.add_argument("out", type=Path)
     return ap
@@ -108,7 +111,18 @@ def _run(args) -> int:
     if args.command == "inspect":
         from .inspect import summary
 
-        print(summary(args.out))
+        text = summary(args.out)
+        print(text)
+        if args.png or args.html:
+            from .contact_sheet import write_pictures
+
+            if args.n < 1:
+                raise StructuralError(f"--n must be at least 1, got {args.n}")
+            try:
+                done = write_pictures(args.out, png=args.png, html_file=args.html, n=args.n, summary=text)
+            except FileNotFoundError as e:
+                raise StructuralError(str(e)) from None
+            print("\n".join(done))
         return 0
     if args.command == "validate":
         from .validate import validate

@@ -1,11 +1,11 @@
 """Croissant metadata of a built folder.
 
-``croissant_document`` describes one output folder (parquet or webdataset) as a Croissant 1.0 JSON-LD
-document: the dataset's identity and licence from its datasheet, Croissant RAI properties where a
-datasheet answer maps onto one directly, one ``cr:FileObject`` per shard (with its sha256), file sets
-that say where records live, and record sets whose fields are derived from the builder's ``Record`` by
-``schema.croissant_fields``. ``validate_croissant`` runs mlcroissant's own static validation in-process.
-This module never reads shards and never downloads anything.
+``croissant_document`` describes one output folder (parquet or webdataset) as a Croissant 1.1 JSON-LD
+document (``conformsTo`` set explicitly): the dataset's identity and licence from its datasheet,
+Croissant RAI properties where a datasheet answer maps onto one directly, one ``cr:FileObject`` per
+shard (with its sha256 and size), file sets that say where records live, and record sets whose fields
+are derived from the builder's ``Record`` by ``schema.croissant_fields``. ``validate_croissant`` runs
+mlcroissant's own static validation in-process. This module never reads shards and never downloads.
 """
 
 from __future__ import annotations
@@ -15,23 +15,28 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import schema
+from . import hub_vocab, schema
 from .card import Datasheet
 
-CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
+CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
 
-# The standard Croissant 1.0 @context, as published with the specification's example datasets.
+# The standard Croissant 1.1 @context: the 1.0 context plus arrayShape, containedIn, isArray and
+# language-tagged name/description, as the spec's 1.1 example datasets and mlcroissant's
+# ``make_context`` for 1.1 write it (a test keeps the two equal).
 CONTEXT: dict[str, Any] = {
     "@language": "en",
     "@vocab": "https://schema.org/",
+    "arrayShape": "cr:arrayShape",
     "citeAs": "cr:citeAs",
     "column": "cr:column",
     "conformsTo": "dct:conformsTo",
+    "containedIn": "cr:containedIn",
     "cr": "http://mlcommons.org/croissant/",
     "rai": "http://mlcommons.org/croissant/RAI/",
     "data": {"@id": "cr:data", "@type": "@json"},
     "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
     "dct": "http://purl.org/dc/terms/",
+    "description": {"@container": "@language"},
     "equivalentProperty": "cr:equivalentProperty",
     "examples": {"@id": "cr:examples", "@type": "@json"},
     "extract": "cr:extract",
@@ -41,10 +46,12 @@ CONTEXT: dict[str, Any] = {
     "fileSet": "cr:fileSet",
     "format": "cr:format",
     "includes": "cr:includes",
+    "isArray": "cr:isArray",
     "isLiveDataset": "cr:isLiveDataset",
     "jsonPath": "cr:jsonPath",
     "key": "cr:key",
     "md5": "cr:md5",
+    "name": {"@container": "@language"},
     "parentField": "cr:parentField",
     "path": "cr:path",
     "recordSet": "cr:recordSet",
@@ -80,12 +87,15 @@ def croissant_document(sheet: Datasheet, *, name: str, version: str, fmt: str, r
         "conformsTo": CONFORMS_TO,
         "name": name,
         "description": sheet.summary.strip(),
-        "license": _license(sheet),
         "version": version,
         "citeAs": sheet.citation.strip(),
         "keywords": [*sheet.hub.task_categories, *sheet.hub.tags],
-        "inLanguage": list(sheet.hub.language),
     }
+    if sheet.hub.language:
+        doc["inLanguage"] = list(sheet.hub.language)
+    licence = _license(sheet)
+    if licence:
+        doc["license"] = licence
     if url or sheet.homepage:
         doc["url"] = url or sheet.homepage
     if date_published:
@@ -101,10 +111,10 @@ def croissant_document(sheet: Datasheet, *, name: str, version: str, fmt: str, r
     return doc
 
 
-def _license(sheet: Datasheet) -> str:
-    if sheet.license.lower() == "other":
-        return sheet.license_link or ""
-    return f"https://spdx.org/licenses/{sheet.license}.html"
+def _license(sheet: Datasheet) -> str | None:
+    """The SPDX URL of the licence when it has one, else the datasheet's licence link."""
+    spdx = hub_vocab.spdx_id(sheet.license)
+    return f"https://spdx.org/licenses/{spdx}.html" if spdx else sheet.license_link
 
 
 def rai_properties(sheet: Datasheet) -> dict[str, Any]:
@@ -122,6 +132,10 @@ def rai_properties(sheet: Datasheet) -> dict[str, Any]:
         "rai:dataLimitations": limitations,
         "rai:personalSensitiveInformation": sensitive,
     }
+    if sheet.preprocessing.raw_data:
+        out["rai:dataCollectionRawData"] = sheet.preprocessing.raw_data.strip()
+    if sheet.composition.labels:
+        out["rai:dataAnnotationProtocol"] = [sheet.composition.labels.strip()]
     if c.impact_analysis:
         out["rai:dataSocialImpact"] = c.impact_analysis.strip()
     plan = [x.strip() for x in (sheet.maintenance.maintainer, sheet.maintenance.updates) if x]

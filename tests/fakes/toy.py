@@ -1,7 +1,7 @@
 """A toy Record and writers for tiny parquet / webdataset folders of it, for card and Croissant tests.
 
 Exercises every schema shape the derivations must handle: an image, an optional int, a list of str,
-a list of pydantic structs with an optional member, and an Enum.
+a list of pydantic structs with an optional member, an Enum and a nullable per-item licence.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Toy(Record):
     tags: list[str] = []
     boxes: list[Box] = []
     color: Color
+    license: str | None = Field(None, description="Per-item licence URL, when the item has its own.")
 
 
 SPLITS = {"train": 3, "test": 2}
@@ -53,7 +54,8 @@ def records(split: str) -> list[Toy]:
     offset = 0 if split == "train" else 100
     return [Toy(key=f"{split}-{i}", text=f"a {split} toy {i}", image=png(i), count=None if i % 2 else offset + i,
                 tags=["t"] * i, boxes=[Box(label=f"b{j}", score=None if j else 0.5) for j in range(i)],
-                color=Color.RED if i % 2 else Color.BLUE)
+                color=Color.RED if i % 2 else Color.BLUE,
+                license=None if i % 2 else "https://creativecommons.org/licenses/by/2.0/")
             for i in range(SPLITS[split])]
 
 
