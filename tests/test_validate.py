@@ -59,3 +59,15 @@ def test_mlcroissant_cli_accepts_both_croissant_files(scin_built):
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "error" not in proc.stderr.lower()
+
+
+def test_stale_member_index_is_named(scin_built, tmp_path):
+    import json
+
+    out = copy_built(scin_built, tmp_path)
+    index = sorted((out / "webdataset").glob("*.idx.json"))[0]
+    doc = json.loads(index.read_text())
+    doc["samples"][0][1][0][1] += 512  # an offset that no longer points at the member
+    index.write_text(json.dumps(doc))
+    proc = run_cli("validate", out)
+    assert proc.returncode == 1 and f"{index.name}: member index does not match" in proc.stdout

@@ -65,8 +65,11 @@ def _validate_folder(folder: Path) -> list[str]:
                 problems.append(f"{file}: {size} bytes, manifest says {shard['num_bytes']} (truncated or altered)")
             if file_sha256(file) != shard["sha256"]:
                 problems.append(f"{file}: sha256 differs from the manifest (altered)")
-            reader = _read_parquet if manifest["format"] == "parquet" else _read_tar
-            problems += reader(file, shard["num_samples"], seen_keys, manifest)
+            if manifest["format"] == "parquet":
+                problems += _read_parquet(file, shard["num_samples"], seen_keys, manifest)
+            else:
+                problems += _read_tar(file, shard["num_samples"], seen_keys, manifest,
+                                      folder / shard["index"] if shard.get("index") else None)
     problems += _validate_card(folder)
     return problems
 
@@ -93,13 +96,18 @@ def _read_parquet(file: Path, expected: int, seen: set[str], manifest: dict) -> 
     return problems
 
 
-def _read_tar(file: Path, expected: int, seen: set[str], manifest: dict) -> list[str]:
+def _read_tar(file: Path, expected: int, seen: set[str], manifest: dict, index: Path | None) -> list[str]:
     samples: dict[str, set[str]] = {}
     order: list[str] = []
+    located: list[list] = []  # [key, [[suffix, data offset, size], ...]], as the member index records it
     try:
         with tarfile.open(file, "r") as tar:
             for member in tar:
                 base = member.name.rsplit("/", 1)[-1]
+                key_, _, suffix_ = base.partition(".")
+                if not located or located[-1][0] != key_:
+                    located.append([key_, []])
+                located[-1][1].append([suffix_, member.offset_data, member.size])
                 key, _, suffix = base.partition(".")
                 if key not in samples:
                     samples[key] = set()
@@ -121,6 +129,12 @@ def _read_tar(file: Path, expected: int, seen: set[str], manifest: dict) -> list
             problems.append(f"{file}: sample {key} lacks {', '.join(missing)}")
     if len(order) != expected:
         problems.append(f"{file}: {len(order)} samples, manifest says {expected}")
+    if index is None:
+        problems.append(f"{file}: the manifest lists no member index")
+    elif not index.exists():
+        problems.append(f"{index}: member index missing")
+    elif json.loads(index.read_text()).get("samples") != located:
+        problems.append(f"{index}: member index does not match {file.name}")
     return problems
 
 
