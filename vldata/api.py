@@ -20,5 +20,6 @@ def build(name: str, raw: str | Path, out: str | Path, formats: tuple[str, ...] 
     if isinstance(formats, str):
         formats = FORMATS if formats == "both" else (formats,)
     builder = get_builder(name, **config)
-    return run_build(builder, Path(raw), Path(out), tuple(formats), workers=workers, resume=resume,
-                     limit=limit, overwrite=overwrite, shard_bytes=shard_bytes)
+    with builder.sample_services(Path(raw)):  # a sample's loopback server, when raw is such a sample
+        return run_build(builder, Path(raw), Path(out), tuple(formats), workers=workers, resume=resume,
+                         limit=limit, overwrite=overwrite, shard_bytes=shard_bytes)

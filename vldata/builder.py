@@ -4,18 +4,23 @@ A builder names its dataset, declares its ``Record`` and ``Config`` (pydantic), 
 into deterministic ``Partition``s (checking the input's structure first) and turns each partition's
 input rows into records. For every input row it yields exactly one outcome: a Record, or a
 ``Failed`` / ``Filtered`` value with a reason. Images are loaded through ``RowContext.image``, which
-applies the shared image policy. Sharding, writing, retries and resumption belong to the engine.
+applies the shared image policy, and URLs are downloaded through ``RowContext.fetch_many``, which
+fetches concurrently but yields in input order. Sharding, writing, retries and resumption belong to
+the engine. A builder whose sample needs a running service (a loopback HTTP server for URL-based
+data) starts it in ``sample_services``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from . import fetch as fetch_mod
 from . import image as image_mod
 from .schema import Image, Record
 
@@ -69,7 +74,7 @@ Outcome = Record | Failed | Filtered
 
 @dataclass
 class RowContext:
-    """Per-partition services for ``Builder.records``: image loading and counted notes."""
+    """Per-partition services for ``Builder.records``: image loading, fetching and counted notes."""
 
     config: Config
     notes: dict[str, int] = field(default_factory=dict)
@@ -79,6 +84,19 @@ class RowContext:
         if data is None:
             return image_mod.ImageFailure(reason="image_missing", message=missing_message or "file not found")
         return image_mod.load(data, self.config.image)
+
+    def fetch_many(self, requests: Iterable[fetch_mod.FetchRequest | str | None],
+                   policy: fetch_mod.FetchPolicy | None = None,
+                   mirror: str | Path | None = None) -> Iterator[fetch_mod.FetchResult]:
+        """Download URLs concurrently (see ``vldata.fetch``); yields one result per request, in
+        request order, so ``records()`` can stay a generator in input order. Retries and bytes read
+        from ``mirror`` are noted (``fetch_retries``, ``fetched_from_mirror``)."""
+        for result in fetch_mod.fetcher(policy, mirror).fetch_many(requests):
+            if result.attempts > 1:
+                self.note("fetch_retries", result.attempts - 1)
+            if result.source == "mirror" and result.ok:
+                self.note("fetched_from_mirror")
+            yield result
 
     def note(self, reason: str, n: int = 1) -> None:
         """Count something worth reporting that did not cost a row (e.g. a secondary image missing)."""
@@ -128,6 +146,12 @@ class Builder:
     def write_sample(self, raw: Path, n: int, seed: int) -> None:
         """Write a small synthetic raw input in the dataset's real layout."""
         raise NotImplementedError
+
+    def sample_services(self, raw: Path) -> contextlib.AbstractContextManager:
+        """What the sample written by ``write_sample`` needs running while it is built, e.g. the
+        loopback HTTP server that its URLs point at (``vldata.loopback.serve_sample``). Nothing by
+        default; real raw input never needs it."""
+        return contextlib.nullcontext()
 
     def card_path(self) -> Path:
         """The builder's datasheet YAML."""

@@ -1,7 +1,8 @@
 """``make demo``: every installed builder, end to end, on its own synthetic sample.
 
-For each builder: write its sample raw input, build both formats, validate what was built, and
-print the accounting and a summary. Usage: ``python -m vldata.demo OUT_DIR``.
+For each builder: write its sample raw input, build both formats (``vldata.build`` runs the
+services a sample needs, such as the loopback HTTP server of a URL-based sample), validate what was built,
+and print the accounting and a summary. Usage: ``python -m vldata.demo OUT_DIR``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def main(out: str = "demo-out") -> int:
     for name in registry.list_builders():
         raw, built = root / name / "raw", root / name / "out"
         t0 = time.perf_counter()
-        registry.get_builder(name).write_sample(raw, 24, 0)
-        report = api.build(name, raw, built, workers=2)
+        builder = registry.get_builder(name)
+        builder.write_sample(raw, 24, 0)
+        report = api.build(name, raw, built, workers=2)  # starts the sample's services (e.g. its loopback server)
         problems = validate(built)
         elapsed = time.perf_counter() - t0
         print(f"== {name}: sample -> build -> validate in {elapsed:.1f}s")

@@ -104,7 +104,7 @@ class BuildReport:
 
 
 def _part_schema(builder: Builder) -> pa.Schema:
-    base = sch.arrow_schema(builder.record_type())
+    base = sch.arrow_schema(builder.record_type())  # cached per Record type
     return pa.schema(list(base) + [pa.field(n, t) for n, t in _META_COLUMNS], metadata=base.metadata)
 
 
@@ -461,6 +461,7 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
     if not plan_path.exists():
         _atomic_write_bytes(plan_path, json.dumps(plan, indent=1).encode())
 
+    _part_schema(builder)  # derive (and cache) the schema before forking: workers then skip importing datasets
     run_map(builder, partitions, parts_dir, workers)
     written, reports = run_reduce(builder, partitions, parts_dir, out, formats, shard_bytes)
     for r in reports.values():
