@@ -2,7 +2,8 @@
 
 For each builder: write its sample raw input, build both formats (``vldata.build`` runs the
 services a sample needs, such as the loopback HTTP server of a URL-based sample), validate what was built,
-and print the accounting and a summary. Usage: ``python -m vldata.demo OUT_DIR``.
+and print the accounting and a summary; then mix all of them and load a few decoded batches
+through a two-worker DataLoader. Usage: ``python -m vldata.demo OUT_DIR``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,33 @@ def main(out: str = "demo-out") -> int:
         failures += bool(problems)
     print(f"\nbuilt {len(registry.list_builders())} dataset(s) under {root}/; "
           f"load one with datasets.load_dataset('{root}/<name>/out/parquet')")
+    load_a_few_batches(root, registry.list_builders())
     return 1 if failures else 0
+
+
+def load_a_few_batches(root: Path, names: list[str], batches: int = 3) -> None:
+    """Mix every built sample with equal weights and read a few decoded batches through a
+    DataLoader with two workers, as a training loop would."""
+    from collections import Counter
+
+    from torch.utils.data import DataLoader
+
+    from .mix import Mix
+    from .source import open as open_source
+    from .torch_dataset import TorchDataset
+
+    mix = Mix({n: open_source(root / n / "out") for n in names}, seed=0, stop="all_exhausted")
+    ds = TorchDataset(mix, batch_size=8, decode="cpu", image_size=64, seed=0)
+    print(f"\n== mix of {', '.join(names)}: {ds.plan().epoch_length} samples per epoch, "
+          f"{len(ds)} batches of 8, padding {ds.plan().padding}")
+    sources: Counter = Counter()
+    for i, batch in enumerate(DataLoader(ds, batch_size=None, num_workers=2)):
+        if i == batches:
+            break
+        sources.update(batch["source"])
+        print(f"batch {i}: image {tuple(batch['image'].shape)} {batch['image'].dtype}, "
+              f"sources {dict(Counter(batch['source']))}, first text: {batch['text'][0][:60]!r}")
+    print(f"read {sum(sources.values())} samples in {batches} batches: {dict(sources)}")
 
 
 if __name__ == "__main__":
