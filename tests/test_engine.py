@@ -73,3 +73,45 @@ def test_limit_takes_the_first_rows_in_order(tmp_path):
     report = run_build(PairBuilder(), tmp_path, tmp_path / "out", formats=("parquet",), limit=6)
     assert report.splits["train"].input_rows == 6 and "test" not in report.splits
     assert report.splits["train"].filtered == 1
+
+
+class Captioned(Record):
+    text_members = {"alt": "alt_text"}
+    image: Image
+    alt_text: str | None
+
+
+class CaptionedBuilder(PairBuilder):
+    name, Record = "captioned", Captioned
+
+    def dedup_on(self) -> dict[str, str]:
+        return {}
+
+    def partitions(self, raw: Path) -> list[Partition]:
+        return [Partition(index=0, split="train", payload=None, input_rows=3)]
+
+    def records(self, partition, ctx):
+        for i in range(3):
+            yield Captioned(key=f"c{i}", text=f"main {i}", image=png(i), alt_text=None if i == 1 else f"alt {i}")
+
+
+def test_extra_text_members_are_written_and_read_back(tmp_path):
+    import subprocess
+    import sys
+    import tarfile
+
+    import vldata
+
+    run_build(CaptionedBuilder(), tmp_path, tmp_path / "out", formats=("webdataset",))
+    tar = next((tmp_path / "out" / "webdataset").glob("*.tar"))
+    with tarfile.open(tar) as t:
+        members = {m.name: t.extractfile(m).read() for m in t}
+    assert members["c0.alt.txt"] == b"alt 0" and "c1.alt.txt" not in members and members["c2.txt"] == b"main 2"
+    src = vldata.open(tmp_path / "out" / "webdataset")
+    assert src[0]["alt.txt"] == "alt 0" and src[0]["alt_text"] == "alt 0" and "alt.txt" not in src[1]
+    reader = ("import datasets, sys; d = datasets.load_dataset(sys.argv[1])['train']; "
+              "print(sorted(r['alt.txt'] or '-' for r in d))")
+    proc = subprocess.run([sys.executable, "-c", reader, str(tmp_path / "out" / "webdataset")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "['-', 'alt 0', 'alt 2']"

@@ -233,7 +233,7 @@ def _read_part(path: Path) -> Iterable[pa.RecordBatch]:
         yield from reader
 
 
-def _wds_sample(row: dict, image_suffixes: list[tuple[str, str]]) -> dict:
+def _wds_sample(row: dict, image_suffixes: list[tuple[str, str]], text_members: dict[str, str]) -> dict:
     """Tar members of one part row (``image_suffixes``: (column, member-name stem) pairs)."""
     sample = {"__key__": row["key"]}
     for column, stem in image_suffixes:
@@ -247,6 +247,9 @@ def _wds_sample(row: dict, image_suffixes: list[tuple[str, str]]) -> dict:
             ext = sch.IMAGE_EXTENSIONS[info["format"]]
             sample[f"{stem}.{ext}" if stem else ext] = value["bytes"]
     sample["txt"] = row["text"].encode("utf-8")
+    for suffix, field_name in text_members.items():
+        if row[field_name] is not None:
+            sample[f"{suffix}.txt"] = row[field_name].encode("utf-8")
     sample["json"] = row["__json__"]
     return sample
 
@@ -335,6 +338,7 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
     staging = out / "build" / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     image_cols = _image_columns(record_type)
+    sch.check_text_members(record_type)
     reports: dict[str, SplitReport] = {}
     shards: dict[str, dict[str, list]] = {f: {} for f in formats}
     suffixes: set[str] = set()
@@ -366,7 +370,7 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
                     vw.write(batch)
                 if tw is not None:
                     for row in batch.to_pylist():
-                        sample = _wds_sample(row, image_cols)
+                        sample = _wds_sample(row, image_cols, record_type.text_members)
                         suffixes.update(k for k in sample if k not in ("__key__", "txt", "json"))
                         tw.write(sample)
                 batches_done += 1

@@ -56,6 +56,9 @@ class Record(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     primary_image: ClassVar[str] = "image"
+    # extra webdataset text members: {member suffix: field}, written as KEY.<suffix>.txt (e.g. the
+    # BioCLIP/Arboretum text types KEY.sci.txt, KEY.com.txt); the fields stay in KEY.json as well
+    text_members: ClassVar[dict[str, str]] = {}
 
     key: str = Field(pattern=KEY_PATTERN, description="Unique, deterministic sample key ([A-Za-z0-9_-]).")
     text: str = Field(description="The sample's main text (caption or label-derived sentence).")
@@ -353,8 +356,20 @@ def wds_features(model: type[Record], image_suffixes: list[str]):
     feats = {"__key__": datasets.Value("string"), "__url__": datasets.Value("string")}
     feats.update({s: datasets.Image() for s in image_suffixes})
     feats["txt"] = datasets.Value("string")
+    feats.update({f"{suffix}.txt": datasets.Value("string") for suffix in model.text_members})
     feats["json"] = wds_json_features(model)
     return datasets.Features(feats)
+
+
+def check_text_members(model: type[Record]) -> None:
+    """Text members must name string fields and webdataset-safe suffixes."""
+    names = {n.name: n for n in fields(model)}
+    for suffix, field_name in model.text_members.items():
+        node = names.get(field_name)
+        if node is None or node.kind != "scalar" or node.dtype != "string":
+            raise TypeError(f"{model.__name__}.text_members: {field_name!r} is not a string field")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", suffix) or suffix == "txt":
+            raise TypeError(f"{model.__name__}.text_members: bad member suffix {suffix!r}")
 
 
 def valid_key(key: str) -> bool:

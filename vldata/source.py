@@ -232,6 +232,8 @@ class WebDatasetSource(Source):
             stem, _, ext = suffix.rpartition(".")
             if suffix == "txt":
                 sample["text"] = data.decode("utf-8")
+            elif ext == "txt":  # an extra text member KEY.<name>.txt, as a string under "<name>.txt"
+                sample[suffix] = data.decode("utf-8")
             elif suffix == "json":
                 sample.update(json.loads(data))
             elif not stem:  # the primary image: KEY.<ext>
