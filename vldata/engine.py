@@ -121,7 +121,8 @@ def _row_of(record: sch.Record) -> dict:
     row = sch.to_row(record)
     js = sch.to_json_bytes(record)
     row["__json__"] = js
-    row["__nbytes__"] = len(js) + len(record.text.encode()) + sum(len(b) for _, b in sch.image_members(record))
+    row["__nbytes__"] = (len(js) + len(record.text.encode()) + sum(len(b) for _, b in sch.image_members(record))
+                         + sum(len((getattr(record, f) or "").encode()) for f in type(record).text_members.values()))
     return row
 
 
@@ -339,6 +340,7 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
     shutil.rmtree(staging, ignore_errors=True)
     image_cols = _image_columns(record_type)
     sch.check_text_members(record_type)
+    not_images = {"__key__", "txt", "json", *(f"{sfx}.txt" for sfx in record_type.text_members)}
     reports: dict[str, SplitReport] = {}
     shards: dict[str, dict[str, list]] = {f: {} for f in formats}
     suffixes: set[str] = set()
@@ -371,7 +373,7 @@ def run_reduce(builder: Builder, partitions: list[Partition], parts_dir: Path, o
                 if tw is not None:
                     for row in batch.to_pylist():
                         sample = _wds_sample(row, image_cols, record_type.text_members)
-                        suffixes.update(k for k in sample if k not in ("__key__", "txt", "json"))
+                        suffixes.update(k for k in sample if k not in not_images)
                         tw.write(sample)
                 batches_done += 1
                 bar.update(batch.num_rows)
