@@ -16,15 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's builders, not this folder's builders.py
 
-_WRAPPER = """
-import resource, subprocess, sys, time, json
-t0 = time.perf_counter()
-subprocess.run(sys.argv[1:], check=True, capture_output=True)
-wall = time.perf_counter() - t0
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"wall": wall, "cpu": r.ru_utime + r.ru_stime, "maxrss_mb": r.ru_maxrss / 1024}))
-"""
+from measure import measure_command  # noqa: E402  (bench/measure.py)
+
+
+
 
 
 def run_build(raw: Path, out: Path, workers: int) -> dict:
@@ -32,8 +29,7 @@ def run_build(raw: Path, out: Path, workers: int) -> dict:
     (the build process and its workers; ru_maxrss is the largest of them)."""
     cmd = [sys.executable, "-m", "vldata.cli", "build", "scin", "--raw", str(raw), "--out", str(out),
            "--workers", str(workers)]
-    proc = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], check=True, capture_output=True, text=True)
-    return json.loads(proc.stdout)
+    return measure_command(cmd)
 
 
 def main() -> None:

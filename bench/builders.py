@@ -18,23 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-_WRAPPER = """
-import resource, subprocess, sys, time, json
-t0 = time.perf_counter()
-subprocess.run(sys.argv[1:], check=True, capture_output=True)
-wall = time.perf_counter() - t0
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"wall": wall, "cpu": r.ru_utime + r.ru_stime, "maxrss_mb": r.ru_maxrss / 1024}))
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's builders, not bench/builders.py
+
+from measure import measure_command  # noqa: E402  (bench/measure.py)
+
 
 
 def run_build(name: str, raw: Path, out: Path, workers: int) -> dict:
     cmd = [sys.executable, "-m", "vldata.cli", "build", name, "--raw", str(raw), "--out", str(out),
            "--workers", str(workers)]
-    proc = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], check=True, capture_output=True, text=True)
-    result = json.loads(proc.stdout)
+    result = measure_command(cmd)
     stats = json.loads((out / "build" / "stats.json").read_text())["total"]
     result["input_rows"], result["written"] = stats["input_rows"], stats["written"]
     return result

@@ -52,3 +52,17 @@ def scin_images_built(scin_raw, tmp_path_factory) -> Path:
     run_cli("build", "scin", "--raw", scin_raw, "--out", out, "--set", "view=image", "--tar-shard-size", "80KB",
             "--parquet-shard-size", "60KB", check=True)
     return out
+
+
+def read_without_vldata(reader: str, out: Path) -> dict:
+    """Run ``reader`` (a script that prints one JSON line with a ``modules`` entry listing what it
+    imported from vldata/builders) in a fresh interpreter with OUT as argv[1]: the plain-library
+    round trip. Asserts it succeeded without importing vldata and returns the parsed result."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", reader, str(out)], capture_output=True, text=True,
+                          cwd=Path(out).parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["modules"] == []
+    return result
