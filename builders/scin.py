@@ -29,6 +29,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from vldata import Builder, Config, Failed, Image, Partition, Record, RowContext, StructuralError
+from vldata.tabular import read_header, rows_with_offsets
 
 CASES = "scin_cases.csv"
 LABELS = "scin_labels.csv"
@@ -277,42 +278,12 @@ def _case_fields(case: dict, labels: dict | None) -> dict:
 
 
 class _CsvFile:
-    """A CSV read row by row with the byte offset where each row starts, so that partitions can
-    carry offsets instead of rows and memory stays flat in the number of rows."""
+    """A CSV with its header checked, read row by row with row offsets (``vldata.tabular``), so
+    that partitions carry offsets instead of rows and memory stays flat in the number of rows."""
 
     def __init__(self, path: Path, required: tuple[str, ...], aliases: dict[str, str]):
         self.path = path
-        with open(path, "rb") as f:
-            header_rows = self._rows(f, 1)
-            first = next(header_rows, None)
-        raw_header = [h.strip().lstrip("\ufeff") for h in (first[2] if first else [])]
-        self.header = [aliases.get(h, h) for h in raw_header]
-        missing = [c for c in required if c not in self.header]
-        if missing:
-            raise StructuralError(f"{path}: missing required column '{missing[0]}'"
-                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-
-    @staticmethod
-    def _rows(f, first_line: int) -> Iterator[tuple[int, int, list[str]]]:
-        """(byte offset, line number, values) of each row from the file's current position."""
-        csv.field_size_limit(sys.maxsize)
-        state = {"pos": f.tell(), "line": first_line - 1}
-
-        def lines():
-            for raw in iter(f.readline, b""):
-                state["pos"] += len(raw)
-                state["line"] += 1
-                yield raw.decode("utf-8")
-
-        reader = csv.reader(lines())
-        while True:
-            offset, line = state["pos"], state["line"] + 1
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            if values:
-                yield offset, line, values
+        self.header = read_header(path, required, aliases)
 
     def _dict(self, values: list[str]) -> dict:
         values = values + [""] * (len(self.header) - len(values))
@@ -321,7 +292,7 @@ class _CsvFile:
     def scan(self) -> Iterator[tuple[int, int, dict]]:
         """Every data row: (byte offset, line number, row dict)."""
         with open(self.path, "rb") as f:
-            rows = self._rows(f, 1)
+            rows = rows_with_offsets(f)
             next(rows, None)  # header
             for offset, line, values in rows:
                 yield offset, line, self._dict(values)
@@ -329,7 +300,7 @@ class _CsvFile:
     def read_at(self, f, offset: int, line: int, n: int) -> Iterator[tuple[int, dict]]:
         """``n`` rows starting at ``offset`` of the open binary file ``f``: (line number, row dict)."""
         f.seek(offset)
-        for _, line_no, values in islice(self._rows(f, line), n):
+        for _, line_no, values in islice(rows_with_offsets(f, first_line=line), n):
             yield line_no, self._dict(values)
 
 

@@ -54,6 +54,7 @@ from pydantic import Field, field_validator
 from vldata import Builder, Config, Failed, Filtered, Image, Partition, Record, RowContext, StructuralError
 from vldata import loopback
 from vldata.fetch import FetchPolicy, FetchRequest, FetchResult
+from vldata.tabular import open_binary, read_header, rows_with_offsets
 
 Int16 = Annotated[int, pa.int16()]
 Int32 = Annotated[int, pa.int32()]
@@ -182,43 +183,17 @@ def _fields(values: list[str], header: list[str]) -> dict:
 
 
 def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+    return open_binary(path)
 
 
 def _rows(f: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
     """(uncompressed byte offset where the row starts, values) of each row from the current position."""
-    csv.field_size_limit(sys.maxsize)
-    pos = [f.tell()]
-
-    def lines() -> Iterator[str]:
-        for line in iter(f.readline, b""):
-            pos[0] += len(line)
-            yield line.decode("utf-8", errors="replace")
-
-    reader = csv.reader(lines(), delimiter="\t", quoting=csv.QUOTE_MINIMAL)
-    while True:
-        start = pos[0]
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        if values:  # a blank line is no row
-            yield start, values
+    return ((offset, values) for offset, _, values in rows_with_offsets(f, "\t", errors="replace"))
 
 
 def _header(path: Path) -> list[str]:
     """The header of a TSV; StructuralError when it lacks one of the 17 columns."""
-    try:
-        with _open(path) as f:
-            first = next(_rows(f), None)
-    except (OSError, EOFError, csv.Error, UnicodeError) as e:
-        raise StructuralError(f"{path}: not a readable TSV ({type(e).__name__}: {e})") from None
-    header = [h.strip().lstrip("\ufeff") for h in (first[1] if first else [])]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise StructuralError(f"{path}: missing required column '{missing[0]}'"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return header
+    return read_header(path, COLUMNS, delimiter="\t")
 
 
 @dataclass(frozen=True)

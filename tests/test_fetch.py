@@ -207,13 +207,11 @@ def test_fetch_many_keeps_the_input_order_and_runs_concurrently():
         f = Fetcher(FetchPolicy(threads=8, per_host=8))
         urls = [srv.url(f"/held/{i}.jpg") if i % 3 else srv.url("/missing.jpg") if i % 2 else srv.url("/img/a.jpg")
                 for i in range(24)]
-        t0 = time.monotonic()
         results = list(f.fetch_many(urls))
-        elapsed = time.monotonic() - t0
     assert [r.url for r in results] == urls
     assert [r.reason for r in results] == [None if i % 3 or not i % 2 else "http_404" for i in range(24)]
-    assert elapsed < 16 * 0.2 / 2  # 16 held requests of 0.2 s, 8 at a time: well under half the serial time
-    assert srv.peak_concurrency > 1
+    # concurrency measured by the server (requests held open at once), not by a clock
+    assert 4 <= srv.peak_concurrency <= 8
 
 
 def test_per_host_limit_and_connection_reuse():

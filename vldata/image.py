@@ -196,7 +196,7 @@ def dimensions(data: bytes) -> tuple[int, int] | None:
 
 def blur_boxes(image: Image, boxes: list[tuple[float, float, float, float]], policy: ImagePolicy) -> Image:
     """``image`` with each box (x_min, y_min, x_max, y_max as fractions of width and height, the
-    DataComp ``face_bboxes`` convention) blurred strongly enough to make a face unrecognisable.
+    convention of face-box metadata in web-scale collections) blurred strongly enough to make a face unrecognisable.
     Re-encoded in the image's own format (JPEG at ``policy.encode_quality``)."""
     from PIL import ImageFilter
 

@@ -57,7 +57,7 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
     primary_image: ClassVar[str] = "image"
     # extra webdataset text members: {member suffix: field}, written as KEY.<suffix>.txt (e.g. the
-    # BioCLIP/Arboretum text types KEY.sci.txt, KEY.com.txt); the fields stay in KEY.json as well
+    # text types of taxonomic datasets, KEY.sci.txt, KEY.com.txt); the fields stay in KEY.json as well
     text_members: ClassVar[dict[str, str]] = {}
 
     key: str = Field(pattern=KEY_PATTERN, description="Unique, deterministic sample key ([A-Za-z0-9_-]).")
