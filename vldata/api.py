@@ -5,21 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .engine import FORMATS, BuildReport, run_build
+from . import storage
+from .engine import FORMATS, BuildReport, _report_of_finished, run_build
 from .registry import get_builder
 
 
 def build(name: str, raw: str | Path, out: str | Path, formats: tuple[str, ...] | str = FORMATS, workers: int = 1,
           resume: bool = False, limit: int | None = None, overwrite: bool = False,
-          shard_bytes: dict[str, int] | None = None, **config: Any) -> BuildReport:
+          shard_bytes: dict[str, int] | None = None, executor: str = "local",
+          storage_options: dict | None = None, **config: Any) -> BuildReport:
     """Build dataset ``name`` from ``raw`` into ``out``; returns the counts per split and reason.
 
-    ``formats``: "parquet", "webdataset", "both" or a tuple. ``config``: the builder's settings
-    (the same keys as ``--set``). Raises StructuralError for unusable input or settings.
+    ``raw`` and ``out`` are local folders or fsspec URLs (see ``vldata.storage``). ``formats``:
+    "parquet", "webdataset", "both" or a tuple. ``executor``: "local" (``workers`` processes) or
+    "ray". ``config``: the builder's settings (the same keys as ``--set``). Raises StructuralError
+    for unusable input or settings.
     """
     if isinstance(formats, str):
         formats = FORMATS if formats == "both" else (formats,)
+    formats = tuple(formats)
     builder = get_builder(name, **config)
-    with builder.sample_services(Path(raw)):  # a sample's loopback server, when raw is such a sample
-        return run_build(builder, Path(raw), Path(out), tuple(formats), workers=workers, resume=resume,
-                         limit=limit, overwrite=overwrite, shard_bytes=shard_bytes)
+    raw_dir = storage.stage_raw(str(raw), storage_options) if storage.is_remote(raw) else storage.local_path(raw)
+    if not storage.is_remote(out):
+        with builder.sample_services(raw_dir):  # a sample's loopback server, when raw is such a sample
+            return run_build(builder, raw_dir, storage.local_path(out), formats, workers=workers, resume=resume,
+                             limit=limit, overwrite=overwrite, shard_bytes=shard_bytes, executor=executor)
+    url = str(out)
+    storage.check_remote_out(url, resume, overwrite, storage_options)
+    work = storage.work_folder(url)
+    if resume and storage.remote_complete(url, formats, storage_options):
+        storage.fetch_build_summary(url, work, formats, storage_options)
+        report = _report_of_finished(builder, work, formats)
+        storage.remove_work(work)
+        return report
+    with builder.sample_services(raw_dir):
+        report = run_build(builder, raw_dir, work, formats, workers=workers, resume=resume,
+                           limit=limit, overwrite=overwrite, shard_bytes=shard_bytes, executor=executor)
+    storage.upload_build(work, url, formats, overwrite=overwrite, storage_options=storage_options)
+    storage.remove_work(work)
+    report.out = url
+    return report

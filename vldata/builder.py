@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import fetch as fetch_mod
@@ -114,6 +115,9 @@ class Builder:
     # top-level scalar fields whose per-row values and counts are saved at build time, so that
     # loaders can balance by them (MetaCLIP-style caps) without scanning the data
     balance_fields: ClassVar[tuple[str, ...]] = ()
+    # a folder the engine lends for intermediate files (``OUT/build/scratch``), set before
+    # ``partitions`` is called: kept for ``--resume``, removed when the build completes
+    scratch: Path | None = None
 
     def __init__(self, **config: Any) -> None:
         try:
@@ -142,6 +146,11 @@ class Builder:
     def records(self, partition: Partition, ctx: RowContext) -> Iterator[Outcome]:
         """Yield one outcome per input row of the partition, in input order."""
         raise NotImplementedError
+
+    def side_tables(self, raw: Path) -> dict[str, pa.Table]:
+        """Small tables about the dataset as a whole (a class list, a hierarchy's edges), written as
+        ``tables/<name>.parquet`` into every format folder and listed in its manifest. None by default."""
+        return {}
 
     def write_sample(self, raw: Path, n: int, seed: int) -> None:
         """Write a small synthetic raw input in the dataset's real layout."""

@@ -18,7 +18,6 @@ import shutil
 import signal
 import sys
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -186,40 +185,19 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="row", leave=False)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Worker initializer: leave when the build process is gone (SIGKILL, OOM kill), instead of
-    lingering as an orphan that holds the terminal and may still be writing parts."""
-    import threading
-    import time
+def run_map(builder: Builder, partitions: list[Partition], parts_dir: Path, workers: int,
+            executor: str = "local") -> None:
+    """Build every partition without a committed part, on ``executor`` ("local" or "ray")."""
+    from .executors import get_executor
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="vldata-parent-watch").start()
-
-
-def run_map(builder: Builder, partitions: list[Partition], parts_dir: Path, workers: int) -> None:
     todo = [p for p in partitions if not (parts_dir / f"{p.index:05d}.done.json").exists()]
     bar = _progress(sum(p.input_rows for p in todo), f"build {builder.name}")
     finished = 0
     try:
-        if workers <= 1:
-            for p in todo:
-                build_partition(builder, p, parts_dir)
-                bar.update(p.input_rows)
-                finished += 1
-                _maybe_crash("partition", finished)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent,
-                                     initargs=(os.getpid(),)) as pool:
-                futures = {pool.submit(build_partition, builder, p, parts_dir): p for p in todo}
-                for fut in as_completed(futures):
-                    fut.result()
-                    bar.update(futures[fut].input_rows)
-                    finished += 1
-                    _maybe_crash("partition", finished)
+        for p in get_executor(executor)(builder, todo, parts_dir, workers):
+            bar.update(p.input_rows)
+            finished += 1
+            _maybe_crash("partition", finished)
     finally:
         bar.close()
 
@@ -434,7 +412,7 @@ def apply_limit(partitions: list[Partition], limit: int | None) -> list[Partitio
 
 def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] = FORMATS, workers: int = 1,
               resume: bool = False, limit: int | None = None, overwrite: bool = False,
-              shard_bytes: dict[str, int] | None = None) -> BuildReport:
+              shard_bytes: dict[str, int] | None = None, executor: str = "local") -> BuildReport:
     from .card import load_datasheet
     from .output import write_format_folder
 
@@ -446,20 +424,20 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
         raise StructuralError(f"raw input {raw} does not exist")
     shard_bytes = {"parquet": 500 << 20, "webdataset": 1 << 30, **(shard_bytes or {})}
     sheet = load_datasheet(builder.card_path())  # a broken card is a structural error: fail before any work
-    partitions = apply_limit(builder.partitions(raw), limit)
-    plan = plan_document(builder, partitions, limit, formats)
     build_dir = out / "build"
     plan_path = build_dir / "plan.json"
-    if overwrite and out.exists():
-        shutil.rmtree(out)
     if plan_path.exists():
-        previous = json.loads(plan_path.read_text())
-        if not resume:
+        if not (resume or overwrite):
             raise StructuralError(f"{out} already holds a build; pass --resume to finish it or --overwrite to replace it")
-        if previous["fingerprint"] != plan["fingerprint"]:
-            raise StructuralError(f"{out} holds a build with another builder, config, format or input; --resume needs the same")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and not _holds_build(out):
         raise StructuralError(f"{out} is not empty and holds no vldata build; choose an empty folder")
+    builder.scratch = build_dir / "scratch"
+    partitions = apply_limit(builder.partitions(raw), limit)
+    plan = plan_document(builder, partitions, limit, formats)
+    if overwrite:
+        _clear_except(out, keep=builder.scratch)
+    elif plan_path.exists() and json.loads(plan_path.read_text())["fingerprint"] != plan["fingerprint"]:
+        raise StructuralError(f"{out} holds a build with another builder, config, format or input; --resume needs the same")
     parts_dir = build_dir / "parts"
     if resume and _complete(out, formats):
         return _report_of_finished(builder, out, formats)
@@ -468,7 +446,7 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
         _atomic_write_bytes(plan_path, json.dumps(plan, indent=1).encode())
 
     _part_schema(builder)  # derive (and cache) the schema before forking: workers then skip importing datasets
-    run_map(builder, partitions, parts_dir, workers)
+    run_map(builder, partitions, parts_dir, workers, executor)
     written, reports = run_reduce(builder, partitions, parts_dir, out, formats, shard_bytes)
     for r in reports.values():
         if not r.balanced:  # an engine bug, never a data problem
@@ -478,13 +456,50 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
     stats = {"builder": builder.name, "version": builder.version, "splits": {k: v.as_dict() for k, v in reports.items()},
              "total": report.totals.as_dict()}
     _atomic_write_bytes(build_dir / "stats.json", json.dumps(stats, indent=1).encode())
+    tables = _write_side_tables(builder, raw, build_dir / "staging" / "tables")
     for fmt in formats:
         write_format_folder(builder, sheet, out, fmt, written["shards"][fmt], written["image_suffixes"], stats,
-                            written["values"])
-    # complete: the parts were only needed to resume; they would double the disk footprint
-    shutil.rmtree(build_dir / "staging", ignore_errors=True)
-    shutil.rmtree(parts_dir, ignore_errors=True)
+                            written["values"], tables)
+    # complete: parts and scratch were only needed to resume; they would double the disk footprint
+    for folder in ("staging", "parts", "scratch"):
+        shutil.rmtree(build_dir / folder, ignore_errors=True)
     return report
+
+
+def _holds_build(out: Path) -> bool:
+    """Empty, or only a ``build/`` folder (a build that stopped before writing its plan)."""
+    return all(p.name == "build" and p.is_dir() for p in out.iterdir())
+
+
+def _clear_except(out: Path, keep: Path) -> None:
+    """Remove the previous build in ``out`` (``--overwrite``), keeping the scratch folder that
+    ``partitions`` has just filled for this build."""
+    if not out.exists():
+        return
+    for p in out.iterdir():
+        if p == keep.parent:
+            for q in p.iterdir():
+                if q != keep:
+                    shutil.rmtree(q) if q.is_dir() else q.unlink()
+        else:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _write_side_tables(builder: Builder, raw: Path, staging: Path) -> dict[str, dict]:
+    """Write ``builder.side_tables`` to staging; returns {name: {"staged", "path", "num_rows", "num_bytes", "sha256"}}."""
+    from .shards import file_sha256
+
+    tables = builder.side_tables(raw)
+    out = {}
+    for name, table in sorted(tables.items()):
+        if not sch.valid_key(name):
+            raise ValueError(f"{builder.name}: side table name {name!r} is not a valid file stem")
+        staging.mkdir(parents=True, exist_ok=True)
+        path = staging / f"{name}.parquet"
+        pq.write_table(table, path, compression="zstd")
+        out[name] = {"staged": str(path), "path": f"tables/{name}.parquet", "num_rows": table.num_rows,
+                     "num_bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return out
 
 
 def _complete(out: Path, formats: tuple[str, ...]) -> bool:

@@ -21,7 +21,7 @@ MANIFEST_VERSION = 1
 
 
 def manifest_document(builder, fmt: str, shards: dict[str, list[ShardInfo]], image_suffixes: list[str],
-                      values: dict[str, dict] | None = None) -> dict:
+                      values: dict[str, dict] | None = None, tables: dict[str, dict] | None = None) -> dict:
     record_type = builder.record_type()
     features = sch.hf_features(record_type) if fmt == "parquet" else sch.wds_features(record_type, image_suffixes)
     return {
@@ -41,6 +41,8 @@ def manifest_document(builder, fmt: str, shards: dict[str, list[ShardInfo]], ima
                        if values and split in values else {})}
             for split, infos in shards.items()
         },
+        # the builder's side tables (class lists, hierarchies): tables/<name>.parquet
+        "tables": {name: {k: v for k, v in t.items() if k != "staged"} for name, t in (tables or {}).items()},
     }
 
 
@@ -59,7 +61,8 @@ def data_files(fmt: str, split: str) -> str:
 
 
 def write_format_folder(builder, sheet, out: Path, fmt: str, shards: dict[str, list[ShardInfo]],
-                        image_suffixes: list[str], stats: dict, values: dict[str, dict] | None = None) -> None:
+                        image_suffixes: list[str], stats: dict, values: dict[str, dict] | None = None,
+                        tables: dict[str, dict] | None = None) -> None:
     """Write README.md, croissant.json and (last) vldata.json into ``out/<fmt>``."""
     from .card import render_readme
     from .croissant import croissant_document
@@ -69,7 +72,10 @@ def write_format_folder(builder, sheet, out: Path, fmt: str, shards: dict[str, l
     for info in (values or {}).values():  # per-row values of the balance fields, for balanced sampling
         (folder / info["path"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(info["staged"], folder / info["path"])
-    manifest = manifest_document(builder, fmt, shards, image_suffixes, values)
+    for info in (tables or {}).values():
+        (folder / info["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(info["staged"], folder / info["path"])
+    manifest = manifest_document(builder, fmt, shards, image_suffixes, values, tables)
     record_type = builder.record_type()
     features = sch.hf_features(record_type) if fmt == "parquet" else sch.wds_features(record_type, image_suffixes)
     readme = render_readme(

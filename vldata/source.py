@@ -16,6 +16,7 @@ from collections import OrderedDict
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import pyarrow.parquet as pq
 
 MANIFEST = "vldata.json"
@@ -93,10 +94,21 @@ class Source:
     def _read(self, shard: int, j: int) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _check_size(self, s: int, size: int) -> None:
+    def _open_shard(self, s: int):
+        """Open shard ``s`` after checking its size. Remote files are opened without read-ahead, so
+        each read is one range request of exactly the bytes asked for (local reads are buffered by
+        the OS anyway)."""
+        url = self.shard_url(s)
+        try:
+            size = self.fs.size(url)
+        except FileNotFoundError:
+            raise ShardError(f"{url}: missing") from None
         expected = int(self.shards[s]["num_bytes"])
         if size != expected:
-            raise ShardError(f"{self.shard_url(s)}: {size} bytes, manifest says {expected} (truncated or altered)")
+            raise ShardError(f"{url}: {size} bytes, manifest says {expected} (truncated or altered)")
+        if isinstance(self.fs, LocalFileSystem):
+            return self.fs.open(url, "rb")
+        return self.fs.open(url, "rb", cache_type="none", size=size)
 
     def __getstate__(self):  # open file handles stay behind when a DataLoader worker gets a copy
         state = self.__dict__.copy()
@@ -117,12 +129,8 @@ class ParquetSource(Source):
 
     def _file(self, s: int) -> pq.ParquetFile:
         if s not in self._cache_files:
-            url = self.shard_url(s)
-            try:
-                self._check_size(s, self.fs.size(url))
-                self._cache_files[s] = pq.ParquetFile(self.fs.open(url, "rb"))
-            except FileNotFoundError:
-                raise ShardError(f"{url}: missing") from None
+            # pre_buffer: the column chunks of a row group are fetched as few coalesced ranges
+            self._cache_files[s] = pq.ParquetFile(self._open_shard(s), pre_buffer=True)
             while len(self._cache_files) > 4:
                 self._cache_files.popitem(last=False)
         return self._cache_files[s]
@@ -209,12 +217,7 @@ class WebDatasetSource(Source):
 
     def _file(self, s: int):
         if s not in self._files:
-            url = self.shard_url(s)
-            try:
-                self._check_size(s, self.fs.size(url))
-                self._files[s] = self.fs.open(url, "rb")
-            except FileNotFoundError:
-                raise ShardError(f"{url}: missing") from None
+            self._files[s] = self._open_shard(s)
             while len(self._files) > 4:
                 self._files.popitem(last=False)[1].close()
         return self._files[s]
@@ -222,13 +225,17 @@ class WebDatasetSource(Source):
     def _read(self, s: int, j: int) -> dict[str, Any]:
         key, members = self._index(s)[j]
         f = self._file(s)
+        # a sample's members are contiguous in the tar: one read (one range request) for all of them
+        start = min(offset for _, offset, _ in members)
+        end = max(offset + size for _, offset, size in members)
+        f.seek(start)
+        span = f.read(end - start)
+        if len(span) != end - start:
+            raise ShardError(f"{self.shard_url(s)}: sample {key} ends past the end of the file")
         sample: dict[str, Any] = {"key": key}
         lists: dict[str, dict[int, bytes]] = {}
         for suffix, offset, size in members:
-            f.seek(offset)
-            data = f.read(size)
-            if len(data) != size:
-                raise ShardError(f"{self.shard_url(s)}: member {key}.{suffix} ends past the end of the file")
+            data = span[offset - start: offset - start + size]
             stem, _, ext = suffix.rpartition(".")
             if suffix == "txt":
                 sample["text"] = data.decode("utf-8")

@@ -70,6 +70,14 @@ def _validate_folder(folder: Path) -> list[str]:
             else:
                 problems += _read_tar(file, shard["num_samples"], seen_keys, manifest,
                                       folder / shard["index"] if shard.get("index") else None)
+    for name, table in manifest.get("tables", {}).items():
+        file = folder / table["path"]
+        if not file.exists():
+            problems.append(f"{file}: side table {name} listed in the manifest but missing")
+        elif file_sha256(file) != table["sha256"]:
+            problems.append(f"{file}: sha256 differs from the manifest (altered)")
+        elif pq.ParquetFile(file).metadata.num_rows != table["num_rows"]:
+            problems.append(f"{file}: row count differs from the manifest")
     problems += _validate_card(folder)
     return problems
 
