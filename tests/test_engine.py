@@ -116,3 +116,36 @@ def test_extra_text_members_are_written_and_read_back(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "['-', 'alt 0', 'alt 2']"
+
+
+class TablesBuilder(PairBuilder):
+    """PairBuilder with a side table and a scratch file written while partitioning."""
+
+    def partitions(self, raw: Path) -> list[Partition]:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        (self.scratch / "spill.txt").write_text("intermediate")
+        return super().partitions(raw)
+
+    def side_tables(self, raw: Path) -> dict:
+        import pyarrow as pa
+
+        return {"classes": pa.table({"label": ["/m/a", "/m/b"], "display_name": ["Cat", "Dog"]})}
+
+
+def test_side_tables_are_written_listed_validated_and_published_and_scratch_is_removed(tmp_path):
+    from vldata.publish import plan_publish
+    from vldata.validate import validate
+
+    out = tmp_path / "out"
+    run_build(TablesBuilder(), tmp_path, out)
+    for fmt in ("parquet", "webdataset"):
+        table = pq.read_table(out / fmt / "tables" / "classes.parquet")
+        assert table.column("display_name").to_pylist() == ["Cat", "Dog"]
+        entry = __import__("json").loads((out / fmt / "vldata.json").read_text())["tables"]["classes"]
+        assert entry["path"] == "tables/classes.parquet" and entry["num_rows"] == 2
+    assert not (out / "build" / "scratch").exists()  # intermediate files go when the build completes
+    assert validate(out) == []
+    plan = plan_publish(out, "org/pairs")
+    assert all("tables/classes.parquet" in {f.path for f in r.files} for r in plan.repos)
+    (out / "webdataset" / "tables" / "classes.parquet").write_bytes(b"not parquet")
+    assert any("classes.parquet" in p for p in validate(out))

@@ -5,14 +5,15 @@ from .builder import Builder, Config, Failed, Filtered, Partition, RowContext, S
 from .engine import BuildReport
 from .mix import Mix
 from .plan import Plan
+from .publish import PublishPlan, publish
 from .registry import get_builder, list_builders
 from .schema import Image, Record
 from .source import ShardError, Source
 from .source import open  # noqa: A004  (vldata.open is the documented entry point)
 
 __all__ = ["build", "Builder", "BuildReport", "Config", "Failed", "Filtered", "Image", "Mix", "Partition", "Plan",
-           "Record", "RowContext", "ShardError", "Source", "StructuralError", "TorchDataset", "decode_batch", "decode_loader_batch", "get_builder",
-           "list_builders", "open"]
+           "PublishPlan", "Record", "RowContext", "ShardError", "Source", "StructuralError", "TorchDataset", "decode_batch", "decode_loader_batch", "get_builder",
+           "list_builders", "open", "publish"]
 __version__ = "0.1.0"
 
 

@@ -1,4 +1,4 @@
-"""The ``vldata`` command: list, sample, build, inspect, validate.
+"""The ``vldata`` command: list, sample, build, inspect, validate, publish.
 
 Structural problems (unknown builder, missing file or column, bad ``--set``) exit with status 2 and
 one line on stderr before any work starts; row-level problems are counted, never fatal.
@@ -58,10 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=24), p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("build", help="build a dataset from its raw files")
     p.add_argument("name")
-    p.add_argument("--raw", type=Path, required=True), p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--raw", required=True, help="raw input folder (a local path or an fsspec URL)")
+    p.add_argument("--out", required=True, help="output folder (a local path or an fsspec URL)")
     p.add_argument("--format", choices=["parquet", "webdataset", "both"], default="both")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--executor", choices=["local"], default="local")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local processes, or Ray tasks (RAY_ADDRESS names a cluster; else a local Ray)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted build in OUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in OUT")
     p.add_argument("--limit", type=int, default=None, help="only the first N input rows")
@@ -75,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=16, help="samples on the contact sheet, evenly spaced (default 16)")
     p = sub.add_parser("validate", help="re-read every shard and check manifest, schema, card, croissant")
     p.add_argument("out", type=Path)
+    p = sub.add_parser("publish", help="upload a build to Hugging Face Hub dataset repos (ORG/NAME, ORG/NAME-wds)")
+    p.add_argument("out", type=Path, help="OUT, OUT/parquet or OUT/webdataset")
+    p.add_argument("--repo", required=True, metavar="ORG/NAME", help="parquet repo; webdataset goes to ORG/NAME-wds")
+    p.add_argument("--private", action="store_true", help="create the repos private")
+    p.add_argument("--revision", default=None, metavar="REV", help="branch to commit to (created if missing)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; no network")
     return ap
 
 
@@ -103,7 +111,7 @@ def _run(args) -> int:
     if args.command == "build":
         config = parse_settings(args.settings)
         report = api.build(args.name, args.raw, args.out, formats=args.format, workers=args.workers,
-                           resume=args.resume, limit=args.limit, overwrite=args.overwrite,
+                           resume=args.resume, limit=args.limit, overwrite=args.overwrite, executor=args.executor,
                            shard_bytes={"parquet": args.parquet_shard_size, "webdataset": args.tar_shard_size},
                            **config)
         print(report)
@@ -132,6 +140,21 @@ def _run(args) -> int:
             print(p)
         print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 0 if not problems else 1
+    if args.command == "publish":
+        from huggingface_hub.errors import HfHubHTTPError
+
+        from .publish import publish
+
+        try:
+            plan = publish(args.out, args.repo, private=args.private, dry_run=args.dry_run, revision=args.revision,
+                           progress=lambda line: print(line, flush=True))
+        except HfHubHTTPError as e:  # auth, permission, quota: one line, like every other failure here
+            print(f"vldata: error: publish failed: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
+        if args.dry_run:
+            print(plan)
+            print("dry run: nothing was uploaded")
+        return 0
     raise AssertionError(args.command)
 
 
