@@ -1,6 +1,6 @@
-"""Open Images V4-V7 — Flickr images with labels, boxes, relationships, masks and points (Google).
+"""Open Images V4-V7 — Flickr images with labels, boxes, relationships, masks, points and narratives (Google).
 
-Raw layout: the official annotation CSVs anywhere under the raw folder, recognised by their upstream
+Raw layout: the official annotation files anywhere under the raw folder, recognised by their upstream
 names (RAW_FORMATS §3.1), and the CVDF images, either as ``<split>/<ImageID>.jpg`` folders (directly
 under the raw folder or under ``images/``) or as the tarballs ``train_{0..f}.tar.gz``,
 ``validation.tar.gz``, ``test.tar.gz``, ``challenge2018.tar.gz`` (read as a stream, never extracted;
@@ -13,30 +13,41 @@ only the member basename is used).
   ``*machine-imagelabels*.csv`` (Confidence 0 = verified negative, kept as such), relationships
   ``*annotations-vrd.csv`` (for ``is``, ``label2`` is an attribute MID named from
   ``*attributes-description.csv``), segmentation index ``*object-segmentation.csv`` (mask PNG bytes
-  from ``*-masks-<x>.zip`` when given), V7 point labels ``*point-labels.csv`` (``ImageId``).
+  from ``*-masks-<x>.zip`` when given), V7 point labels ``*point-labels.csv`` (``ImageId``), localized
+  narratives ``*localized_narratives*.jsonl`` (§3.4; every annotator's narrative, in file order).
 * class names: every ``*class-descriptions*.csv``; row 1 is a header iff its first field does not
-  start with ``/`` (V4/V5 files have none).
+  start with ``/`` (V4/V5 files have none). ``*classes-trainable*.txt`` (one MID a line) and the
+  hierarchy ``*labels*hierarchy.json`` (§3.3; a malformed one stops the build; the older
+  ``bbox_hierarchy.json`` visualisation format is not read) feed only the side tables.
 
-Memory stays bounded by an external grouping: ``partitions`` streams every CSV once and appends each
-row to a spill file keyed by the first ``prefix_chars`` hex digits of its ImageID (a cache folder
-under the system temp dir, named by a digest of the input files and settings). A partition is one
-(split, prefix); ``records`` reads only its own spill, so it holds the annotations of 1/16^k of the
-images. Within a partition, rows whose image is in the split's folder (and rows that fail before any
-image lookup) come in image-info order (files sorted by path); rows served by a tarball come next, in
-the tarball's member order, so only one image is held at a time; rows whose image is nowhere come
-last, in image-info order. A partition streams the tarball of its first hex digit (``train_<x>``, or
-the whole ``validation``/``test`` tarball), so with tarballs ``prefix_chars=1`` reads each tarball
-once; larger values re-read it 16 or 256 times but hold fewer annotations in memory.
+Side tables (``tables/<name>.parquet``): ``classes`` (label, display_name, is_boxable from the boxable
+class-descriptions files, is_trainable from the trainable-classes file; null when no such file is given)
+and ``hierarchy`` (parent, child, kind ``subcategory``/``part``; the root ``/m/0bl9f`` Entity is in no
+class file), each written only when its source files are present.
+
+Memory stays bounded by an external grouping: ``partitions`` streams every annotation file once and
+appends each row to a spill file keyed by the first ``prefix_chars`` hex digits of its ImageID (in the
+engine's scratch folder, which the engine removes when the build completes; ``spill_dir`` overrides
+it; named by a digest of the input files and settings). A partition is one (split, prefix);
+``records`` reads only its own spill, so it holds the annotations of 1/16^k of the images. Within a
+partition, rows whose image is in the split's folder (and rows that fail before any image lookup)
+come in image-info order (files sorted by path); rows served by a tarball come next, in the tarball's
+member order, so only one image is held at a time; rows whose image is nowhere come last, in
+image-info order. A partition streams the tarball of its first hex digit (``train_<x>``, or the whole
+``validation``/``test`` tarball), so with tarballs ``prefix_chars=1`` reads each tarball once; larger
+values re-read it 16 or 256 times but hold fewer annotations in memory.
 
 ``text`` is built from the positive labels' display names (``TEMPLATES``): human positives
 (confidence 1) first, else machine labels, else box classes, else ``"a photo"``; ``text_template``
 names the template used. Negatives never enter the text.
 
 Annotation rows whose ImageID is in no image-info file are counted as notes
-(``<kind>_rows_without_image_info``, in the split of the bucket's first partition).
+(``<kind>_rows_without_image_info``, in the split of the bucket's first partition); an annotation row
+that does not parse is noted as ``malformed_<kind>_row`` (for narratives also a line that is not a
+JSON object with a string ``image_id``, noted before grouping).
 
-Not done: localized narratives, the hierarchy JSON (ignored; noted as ``hierarchy_json_ignored``) and
-the side tables of classes and hierarchy edges (RAW_FORMATS §7.3).
+Not done: the narratives' ``.ogg`` voice recordings (only their path is kept) and their captions as
+``text``; the relationship vocabulary and segmentation class lists.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tarfile
 import tempfile
 import zipfile
@@ -146,6 +158,26 @@ class Point(BaseModel):
     text_label: str | None
 
 
+class Utterance(BaseModel):
+    utterance: str
+    start_time: F32 = Field(description="Seconds into the voice recording.")
+    end_time: F32
+
+
+class TracePoint(BaseModel):
+    x: F32 = Field(description="Normalized image coordinate (may fall slightly outside [0, 1]).")
+    y: F32
+    t: F32 = Field(description="Seconds into the voice recording.")
+
+
+class Narrative(BaseModel):
+    annotator_id: I32
+    caption: str = Field(description="Transcribed narrative, as upstream (may hold newlines).")
+    timed_caption: list[Utterance]
+    traces: list[list[TracePoint]] = Field(description="Mouse-trace segments, each a list of points in time order.")
+    voice_recording: str | None = Field(description="Relative path of the .ogg under the voice-recordings root.")
+
+
 class OpenImagesRecord(Record):
     image_id: str = Field(description="16 lowercase hex characters, kept as a string (leading zeros matter).")
     split: str
@@ -167,19 +199,28 @@ class OpenImagesRecord(Record):
     relationships: list[Relationship]
     masks: list[Mask]
     points: list[Point]
+    narratives: list[Narrative] = Field(description="Localized narratives, one per annotator, in file order.")
     mask_images: list[Image] = Field(description="Mask PNGs read from the masks zips (webdataset mask_images_<i>.png).")
     text_template: Literal[tuple(TEMPLATES)] = Field(description="Which entry of TEMPLATES produced `text`.")
 
 
 class OpenImagesConfig(Config):
     prefix_chars: int = Field(default=2, ge=1, le=3, description="Hex digits of ImageID per partition bucket.")
-    spill_dir: str | None = Field(default=None, description="Where the grouped spill files go (default: temp dir).")
+    spill_dir: str | None = Field(default=None, description=(
+        "Where the grouped spill files go, kept for reuse. Default: the engine's scratch folder, removed "
+        "when the build completes (the temp dir when partitions() runs outside the engine)."))
 
 
 # ------------------------------------------------------------------------------------------ helpers
 
 def _kind(name: str) -> str | None:
     n = name.lower()
+    if n.endswith(".jsonl"):
+        return "narratives" if "localized_narratives" in n else None
+    if n.endswith(".json"):
+        return "hierarchy" if "labels" in n and n.endswith("hierarchy.json") else None
+    if n.endswith(".txt"):
+        return "trainable" if "classes-trainable" in n else None
     if not n.endswith(".csv"):
         return None
     if "class-descriptions" in n:
@@ -203,6 +244,25 @@ def _kind(name: str) -> str | None:
     return None
 
 
+def _input_files(raw: Path) -> dict[str, list[tuple[Path, list[str] | None]]]:
+    """The recognised input files by kind, sorted by path, each CSV with required columns paired with
+    its header. Checks those columns and the hierarchy JSON (StructuralError)."""
+    files: dict[str, list[tuple[Path, list[str] | None]]] = {}
+    for path in sorted(p for p in raw.rglob("*") if _kind(p.name) and p.is_file()):
+        kind, header = _kind(path.name), None
+        if kind in REQUIRED:
+            header = _read_header(path)
+            missing = [c for c in REQUIRED[kind] if c not in header]
+            if missing:
+                raise StructuralError(f"{path}: missing required column '{missing[0]}'")
+        elif kind == "hierarchy":
+            _hierarchy_edges(path)
+        files.setdefault(kind, []).append((path, header))
+    if not files.get("info"):
+        raise StructuralError(f"{raw}: required image-info file (*-images-*.csv) not found")
+    return files
+
+
 def _read_header(path: Path) -> list[str]:
     with open(path, newline="", encoding="utf-8") as f:
         header = next(csv.reader(f), None)
@@ -212,16 +272,72 @@ def _read_header(path: Path) -> list[str]:
     return ["ImageID" if h == "ImageId" else h for h in header]  # V7 point labels spell it ImageId
 
 
-def _names(path: Path) -> dict[str, str]:
-    """MID -> display name; the first row is a header iff its first field does not start with '/'."""
-    out: dict[str, str] = {}
+def _csv_rows(path: Path, header: list[str]) -> Iterator[tuple[int, dict, bool]]:
+    """(row number, {column: value}, whether the column count matched the header) of a CSV."""
     with open(path, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.reader(f)):
-            if not row or (i == 0 and not row[0].lstrip("\ufeff").startswith("/")):
-                continue
-            if len(row) >= 2:
-                out.setdefault(row[0].strip(), row[1])
+        reader = csv.reader(f)
+        next(reader, None)
+        for line, values in enumerate(reader, start=2):
+            if values:
+                yield line, dict(zip(header, values)), len(values) == len(header)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | None, bool]]:
+    """(line number, object, whether it is an object with a string image_id) of a JSON-lines file."""
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            if text.strip():
+                try:
+                    obj = json.loads(text)
+                except ValueError:
+                    obj = None
+                yield line, obj, isinstance(obj, dict) and isinstance(obj.get("image_id"), str)
+
+
+def _names(paths: list[Path]) -> dict[str, str]:
+    """MID -> display name from description files, the first file naming a MID wins; a file's first
+    row is a header iff its first field does not start with '/'."""
+    out: dict[str, str] = {}
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if not row or (i == 0 and not row[0].lstrip("\ufeff").startswith("/")):
+                    continue
+                if len(row) >= 2:
+                    out.setdefault(row[0].strip(), row[1])
     return out
+
+
+def _hierarchy_edges(path: Path) -> list[tuple[str, str, str]]:
+    """(parent, child, kind) edges of a hierarchy JSON (§3.3), depth first in file order, each edge
+    once (upstream repeats some subtrees under several parents)."""
+    def bad(why: str) -> StructuralError:
+        return StructuralError(f"{path}: malformed hierarchy JSON: {why}")
+
+    try:
+        root = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad(str(e)) from None
+
+    def label(node, where: str) -> str:
+        if not isinstance(node, dict) or not isinstance(node.get("LabelName"), str):
+            raise bad(f"no LabelName at {where}")
+        return node["LabelName"]
+
+    edges: dict[tuple[str, str, str], None] = {}
+
+    def walk(node, where: str) -> None:
+        parent = label(node, where)
+        for key in ("Subcategory", "Part"):
+            children = node.get(key, [])
+            if not isinstance(children, list):
+                raise bad(f"{where}.{key} is not a list")
+            for i, child in enumerate(children):
+                edges.setdefault((parent, label(child, f"{where}.{key}[{i}]"), key.lower()))
+                walk(child, f"{where}.{key}[{i}]")
+
+    walk(root, "$")
+    return list(edges)
 
 
 def _split_of(path: Path) -> str | None:
@@ -263,52 +379,65 @@ def _s(v: str | None) -> str | None:
 
 class OpenImagesBuilder(Builder):
     name = "open_images"
-    version = "1.0.0"
-    summary = "Open Images V4-V7 (Google): Flickr images with labels, boxes, relationships, masks, points"
+    version = "1.1.0"
+    summary = ("Open Images V4-V7 (Google): Flickr images with labels, boxes, relationships, masks, points "
+               "and localized narratives")
     Config = OpenImagesConfig
     Record = OpenImagesRecord
     balance_fields = ("split",)
 
     def partitions(self, raw: Path) -> list[Partition]:
         raw = Path(raw)
-        files: dict[str, list[tuple[Path, list[str]]]] = {}
-        for path in sorted(p for p in raw.rglob("*.csv") if p.is_file()):
-            kind = _kind(path.name)
-            if kind is None:
-                continue
-            header = None
-            if kind in REQUIRED:
-                header = _read_header(path)
-                missing = [c for c in REQUIRED[kind] if c not in header]
-                if missing:
-                    raise StructuralError(f"{path}: missing required column '{missing[0]}'")
-            files.setdefault(kind, []).append((path, header))
-        if not files.get("info"):
-            raise StructuralError(f"{raw}: required image-info file (*-images-*.csv) not found")
+        files = _input_files(raw)
         k = self.config.prefix_chars
         digest = hashlib.sha1(json.dumps(
             [self.version, k, str(raw.resolve())]
             + [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for fs in files.values() for p, _ in fs]).encode()
         ).hexdigest()[:16]
-        spill = Path(self.config.spill_dir or tempfile.gettempdir()) / f"vldata-open_images-{digest}"
-        counts = self._spill(raw, files, spill, k)
-        notes: dict[str, int] = {}
-        if list(raw.rglob("*hierarchy*.json")):
-            notes["hierarchy_json_ignored"] = 1
+        folder = self.config.spill_dir or self.scratch or tempfile.gettempdir()
+        spill = Path(folder) / f"vldata-open_images-{digest}"
+        counts, notes = self._spill(raw, files, spill, k)
         images = self._image_sources(raw)
+        mask_zips = sorted(raw.rglob("*-masks-*.zip"))
         order = {s: i for i, s in enumerate(SPLITS)}
         parts: list[Partition] = []
         seen: set[str] = set()
         for (split, prefix), n in sorted(counts.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])):
             src = images.get(split, {})
             tars = [t for name, t in src.get("tars", []) if name in (f"{split}_{prefix[0]}", split)]
+            zips = [str(z) for z in mask_zips if z.name == f"{split}-masks-{prefix[0]}.zip"]
             parts.append(Partition(index=len(parts), split=split, input_rows=n, payload={
                 "spill": str(spill), "prefix": prefix, "split": split, "dir": src.get("dir"), "tars": tars,
-                "zips": self._mask_zips(raw, split, prefix[0]), "count_orphans": prefix not in seen}))
+                "zips": zips, "count_orphans": prefix not in seen}))
             seen.add(prefix)
         if notes and parts:
             parts[0] = replace(parts[0], notes=notes)
         return parts
+
+    def side_tables(self, raw: Path) -> dict[str, pa.Table]:
+        files = _input_files(Path(raw))
+        tables: dict[str, pa.Table] = {}
+        described = [p for p, _ in files.get("classes", [])]
+        trainable_files = [p for p, _ in files.get("trainable", [])]
+        if described or trainable_files:
+            names = _names(described)
+            boxable_files = [p for p in described if "boxable" in p.name.lower()]
+            boxable = set(_names(boxable_files)) if boxable_files else None
+            trainable = {line.strip() for p in trainable_files
+                         for line in p.read_text(encoding="utf-8").splitlines() if line.strip()} or None
+            labels = sorted(set(names) | (trainable or set()))
+            tables["classes"] = pa.table({
+                "label": labels, "display_name": [names.get(m) for m in labels],
+                "is_boxable": [None if boxable is None else m in boxable for m in labels],
+                "is_trainable": [None if trainable is None else m in trainable for m in labels],
+            }, schema=pa.schema([("label", pa.string()), ("display_name", pa.string()),
+                                 ("is_boxable", pa.bool_()), ("is_trainable", pa.bool_())]))
+        if files.get("hierarchy"):
+            edges = list(dict.fromkeys(e for p, _ in files["hierarchy"] for e in _hierarchy_edges(p)))
+            tables["hierarchy"] = pa.table([list(c) for c in zip(*edges)] if edges else [[], [], []],
+                                           schema=pa.schema([("parent", pa.string()), ("child", pa.string()),
+                                                             ("kind", pa.string())]))
+        return tables
 
     @staticmethod
     def _image_sources(raw: Path) -> dict[str, dict]:
@@ -325,17 +454,26 @@ class OpenImagesBuilder(Builder):
                 out.setdefault(split, {}).setdefault("tars", []).append((name, str(t)))
         return out
 
-    @staticmethod
-    def _mask_zips(raw: Path, split: str, x: str) -> list[str]:
-        return [str(z) for z in sorted(raw.rglob(f"{split}-masks-{x}.zip"))]
-
-    def _spill(self, raw: Path, files: dict, spill: Path, k: int) -> dict[tuple[str, str], int]:
-        """One streaming pass over every CSV: rows appended to per-bucket JSON-lines files."""
+    def _spill(self, raw: Path, files: dict, spill: Path, k: int) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """One streaming pass over every annotation file: rows appended to per-bucket JSON-lines files.
+        Returns the image-info rows per (split, bucket) and notes about unusable lines."""
         done = spill / "DONE"
-        if done.is_file():
-            return {tuple(key.split("/")): n for key, n in json.loads(done.read_text()).items()}
-        tmp = spill.with_name(spill.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
+        if not done.is_file():
+            tmp = spill.with_name(spill.name + f".tmp{os.getpid()}")
+            tmp.mkdir(parents=True, exist_ok=True)
+            (tmp / "DONE").write_text(json.dumps(self._spill_rows(raw, files, tmp, k), sort_keys=True))
+            try:
+                os.replace(tmp, spill)
+            except OSError:  # another process won the race: use its identical spill
+                shutil.rmtree(tmp, ignore_errors=True)
+        done = json.loads(done.read_text())
+        return {tuple(key.split("/")): n for key, n in done["counts"].items()}, done["notes"]
+
+    @staticmethod
+    def _spill_rows(raw: Path, files: dict, tmp: Path, k: int) -> dict:
+        names = {"classes": _names([p for p, _ in files.get("classes", [])]),
+                 "attributes": _names([p for p, _ in files.get("attributes", [])])}
+        (tmp / "classes.json").write_text(json.dumps(names))
         handles: dict[str, io.TextIOBase] = {}
 
         def out(name: str):
@@ -343,48 +481,30 @@ class OpenImagesBuilder(Builder):
                 handles[name] = open(tmp / name, "w", encoding="utf-8")
             return handles[name]
 
-        classes: dict[str, str] = {}
-        for path, _ in files.get("classes", []):
-            for mid, name in _names(path).items():
-                classes.setdefault(mid, name)
-        attributes: dict[str, str] = {}
-        for path, _ in files.get("attributes", []):
-            attributes.update({m: n for m, n in _names(path).items() if m not in attributes})
-        (tmp / "classes.json").write_text(json.dumps({"classes": classes, "attributes": attributes}))
         counts: dict[str, int] = {}
+        notes: dict[str, int] = {}
         try:
-            for kind in ("info", "boxes", "human", "machine", "vrd", "seg", "points"):
+            for kind in ("info", "boxes", "human", "machine", "vrd", "seg", "points", "narratives"):
                 for path, header in files.get(kind, []):
-                    rel = str(path.relative_to(raw))
-                    file_split = _split_of(path)
-                    with open(path, newline="", encoding="utf-8") as f:
-                        reader = csv.reader(f)
-                        next(reader, None)
-                        for line, values in enumerate(reader, start=2):
-                            if not values:
-                                continue
-                            row = dict(zip(header, values))
-                            image_id = (row.get("ImageID") or "").strip()
-                            b = _bucket(image_id, k)
-                            if kind == "info":
-                                split = (row.get("Subset") or "").strip() or file_split or "train"
-                                key = f"{split}/{b}"
-                                counts[key] = counts.get(key, 0) + 1
-                                row["__ncols"] = len(values) == len(header)
-                                out(f"info-{b}.jsonl").write(json.dumps([split, f"{rel}:{line}", row]) + "\n")
-                            else:
-                                out(f"ann-{b}.jsonl").write(json.dumps([kind, f"{rel}:{line}", row]) + "\n")
+                    rel, file_split = str(path.relative_to(raw)), _split_of(path)
+                    rows = _jsonl_rows(path) if kind == "narratives" else _csv_rows(path, header)
+                    for line, row, ok in rows:
+                        if kind == "narratives" and not ok:
+                            notes["malformed_narratives_row"] = notes.get("malformed_narratives_row", 0) + 1
+                            continue
+                        image_id = (row.get("image_id" if kind == "narratives" else "ImageID") or "").strip()
+                        b = _bucket(image_id, k)
+                        if kind == "info":
+                            split = (row.get("Subset") or "").strip() or file_split or "train"
+                            counts[f"{split}/{b}"] = counts.get(f"{split}/{b}", 0) + 1
+                            row["__ncols"] = ok
+                            out(f"info-{b}.jsonl").write(json.dumps([split, f"{rel}:{line}", row]) + "\n")
+                        else:
+                            out(f"ann-{b}.jsonl").write(json.dumps([kind, f"{rel}:{line}", image_id, row]) + "\n")
         finally:
             for h in handles.values():
                 h.close()
-        done_tmp = tmp / "DONE"
-        done_tmp.write_text(json.dumps(counts, sort_keys=True))
-        try:
-            os.replace(tmp, spill)
-        except OSError:  # another process won the race: use its identical spill
-            import shutil
-            shutil.rmtree(tmp, ignore_errors=True)
-        return {tuple(key.split("/")): n for key, n in counts.items()}
+        return {"counts": counts, "notes": notes}
 
     # ------------------------------------------------------------------ records
 
@@ -406,8 +526,7 @@ class OpenImagesBuilder(Builder):
         if ann_path.is_file():
             with open(ann_path, encoding="utf-8") as f:
                 for line in f:
-                    kind, ref, row = json.loads(line)
-                    iid = (row.get("ImageID") or "").strip()
+                    kind, ref, iid, row = json.loads(line)
                     if iid in wanted:
                         ann.setdefault(iid, {}).setdefault(kind, []).append((ref, row))
                     elif p["count_orphans"] and iid not in known:  # counted once per bucket
@@ -472,7 +591,7 @@ class OpenImagesBuilder(Builder):
         def name(mid):
             return classes.get(mid)
 
-        human, machine, boxes, rels, masks, points, mask_images = [], [], [], [], [], [], []
+        human, machine, boxes, rels, masks, points, narratives, mask_images = [], [], [], [], [], [], [], []
         for kind, rows in sorted(ann.items()):
             for aref, a in rows:
                 try:
@@ -528,6 +647,11 @@ class OpenImagesBuilder(Builder):
                             estimated_yes_no=_s(a.get("EstimatedYesNo")), source=_s(a.get("Source")),
                             yes_votes=_i(a.get("YesVotes")), no_votes=_i(a.get("NoVotes")),
                             unsure_votes=_i(a.get("UnsureVotes")), text_label=_s(a.get("TextLabel"))))
+                    elif kind == "narratives":
+                        narratives.append(Narrative(
+                            annotator_id=a["annotator_id"], caption=a["caption"], timed_caption=a["timed_caption"],
+                            traces=a["traces"],
+                            voice_recording=a.get("voice_recording") or None))
                 except (ValueError, KeyError, TypeError):
                     ctx.note(f"malformed_{kind}_row")
         text, template = _text(human, machine, boxes)
@@ -538,7 +662,8 @@ class OpenImagesBuilder(Builder):
             author_profile_url=_s(row.get("AuthorProfileURL")), title=_s(row.get("Title")), original_size=size,
             original_md5_b64=_s(row.get("OriginalMD5")), thumbnail_300k_url=_s(row.get("Thumbnail300KURL")),
             rotation=rotation, image=img, image_source=source, labels_human=human, labels_machine=machine,
-            boxes=boxes, relationships=rels, masks=masks, points=points, mask_images=mask_images)
+            boxes=boxes, relationships=rels, masks=masks, points=points, narratives=narratives,
+            mask_images=mask_images)
 
     def write_sample(self, raw: Path, n: int, seed: int) -> None:
         write_sample(raw, n, seed)
@@ -565,12 +690,20 @@ def _text(human: list[Label], machine: list[Label], boxes: list[Box]) -> tuple[s
 
 CLASSES = [("/m/0bt9lr", "Dog"), ("/m/018xm", "Ball"), ("/m/08t9c_", "Grass"), ("/m/01g317", "Person"),
            ("/m/0k4j", "Car"), ("/m/014j1m", "Apple"), ("/m/02wvth", 'Fiat 500 "topolino"'),
-           ("/m/03hgsf0", "Lemon, lime and bitters")]
+           ("/m/03hgsf0", "Lemon, lime and bitters"), ("/m/083wq", "Wheel")]
+TRAINABLE = ["/m/0bt9lr", "/m/018xm", "/m/08t9c_", "/m/01g317", "/m/014j1m", "/m/0jbk"]  # /m/0jbk: in no class file
+HIERARCHY = {"LabelName": "/m/0bl9f", "Subcategory": [
+    {"LabelName": "/m/0bt9lr"}, {"LabelName": "/m/018xm"},
+    {"LabelName": "/m/0k4j", "Subcategory": [{"LabelName": "/m/02wvth"}], "Part": [{"LabelName": "/m/083wq"}]},
+    {"LabelName": "/m/01g317"}]}
 ATTRIBUTES = [("/m/02gy9n", "Transparent"), ("/m/083vt", "Wooden")]
 INFO_HEADER = ["ImageID", "Subset", "OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL", "Author",
                "Title", "OriginalSize", "OriginalMD5", "Thumbnail300KURL", "Rotation"]
 BOX_HEADER = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax", *FLAGS]
 LEADING_ZEROS_ID = "000060e3121c7305"
+ORPHAN_NARRATIVE_ID = "00000000000000bb"  # a narrated image in no image-info file
+NARRATIVE_CAPTIONS = ["In this picture we can see a dog on the grass.\nThe dog is called Zoë and holds a ball.",
+                      "A dog with a ball \u2014 on grass."]
 
 
 def _jpeg(rng: random.Random) -> bytes:
@@ -591,16 +724,31 @@ def _write_csv(path: Path, header: list[str] | None, rows: list[list]) -> None:
         w.writerows(rows)
 
 
-def write_sample(raw: Path, n: int = 12, seed: int = 0) -> None:
+def _narrative(split: str, image_id: str, annotator: int, caption: str) -> dict:
+    """One localized narrative (§3.4) with times and coordinates exact in float32."""
+    words = caption.split()
+    traces = [[{"x": (s * 5 + i) / 16, "y": i / 32, "t": (s * 4 + i) / 8} for i in range(3 + s)] for s in range(2)]
+    traces[0][0]["x"] = -1 / 128  # traces may leave the image a little
+    return {"dataset_id": "open_images", "image_id": image_id, "annotator_id": annotator, "caption": caption,
+            "timed_caption": [{"utterance": w, "start_time": i / 2, "end_time": i / 2 + 0.375}
+                              for i, w in enumerate(words)],
+            "traces": traces, "voice_recording": f"open_images_{split}/open_images_{split}_{image_id}_{annotator}.ogg"}
+
+
+def write_sample(raw: Path, n: int = 12, seed: int = 0, boxes_per_image: int = 2) -> None:
     """Write the real layout: image-info, class, bbox, label, vrd, segmentation (+ mask zip) and V7
-    point CSVs at the raw root; validation/test images as ``<split>/<ImageID>.jpg`` folders, train
-    images in ``tar/train_<x>.tar.gz``.
+    point CSVs, trainable classes, the hierarchy JSON and localized-narratives JSON lines at the raw
+    root; validation/test images as ``<split>/<ImageID>.jpg`` folders, train images in
+    ``tar/train_<x>.tar.gz``. ``boxes_per_image`` (at least 2) sizes the bbox files for benchmarks.
 
     Quirks: V4/V5 class file without header, V7 class file with header (a name with a comma and one
     with quotes); a human Confidence 0 negative; -1 sentinels in box flags and XClick of an activemil
     box; XClick columns in the train bbox file only; Rotation as 0.0/90.0/blank/nan; ImageID with
     leading zeros; a validation image file missing; V7 points with ``ImageId``; a Title with comma,
-    quotes and Unicode; one malformed info row (ImageID not hex) and one with Rotation ``abc``.
+    quotes and Unicode; one malformed info row (ImageID not hex) and one with Rotation ``abc``; a
+    narrative for every other image (train narratives in two of the ten upstream files), two from two
+    annotators for the leading-zeros image (a newline and non-ASCII in a caption), one for an image in
+    no image-info file.
     """
     rng = random.Random(seed)
     raw = Path(raw)
@@ -613,8 +761,9 @@ def write_sample(raw: Path, n: int = 12, seed: int = 0) -> None:
     _write_csv(raw / "class-descriptions-boxable.csv", None, [list(c) for c in CLASSES[:5]])
     _write_csv(raw / "oidv7-class-descriptions.csv", ["LabelName", "DisplayName"], [list(c) for c in CLASSES])
     _write_csv(raw / "oidv6-attributes-description.csv", None, [list(a) for a in ATTRIBUTES])
-    (raw / "bbox_labels_600_hierarchy.json").write_text(json.dumps(
-        {"LabelName": "/m/0bl9f", "Subcategory": [{"LabelName": "/m/0bt9lr"}, {"LabelName": "/m/0k4j"}]}))
+    (raw / "oidv7-classes-trainable.txt").write_text("".join(m + "\n" for m in TRAINABLE))
+    (raw / "bbox_labels_600_hierarchy.json").write_text(json.dumps(HIERARCHY, indent=1))
+    narratives: dict[str, list[dict]] = {}
     tars: dict[str, list[tuple[str, bytes]]] = {}
     for split, ids in splits.items():
         info, human, machine, boxes, vrd, seg, points = [], [], [], [], [], [], []
@@ -634,6 +783,16 @@ def write_sample(raw: Path, n: int = 12, seed: int = 0) -> None:
                 box += ["0.148438", "0.0125", "0.059375", "0.195312", "0.148438", "0.357812", "0.5875", "0.325"]
                 box2 += ["-1"] * 8
             boxes += [box, box2]
+            for e in range(boxes_per_image - 2):
+                corner = (e % 8) / 16
+                boxes.append([iid, "freeform", CLASSES[e % 5][0], "1", str(corner), str(corner + 0.25),
+                              str(corner / 2), str(corner / 2 + 0.5), "0", "0", "0", "0", "0"]
+                             + (["-1"] * 8 if split == "train" else []))
+            if j % 2 == 0:
+                shard = "train_v6_localized_narratives-00000-of-00010" if split == "train" else \
+                    f"{split}_localized_narratives"
+                narratives.setdefault(shard, []).append(_narrative(split, iid, 10 + j % 7, NARRATIVE_CAPTIONS[0]
+                                                                   if iid == LEADING_ZEROS_ID else f"a photo {j}"))
             vrd.append([iid, "/m/0bt9lr", "/m/02gy9n", "0.1", "0.5", "0.2", "0.9", "0.1", "0.5", "0.2", "0.9", "is"])
             seg.append([f"{iid}_m0bt9lr_9a041d52.png", iid, "/m/0bt9lr", "9a041d52", "0.0125", "0.195312",
                         "0.148438", "0.5875", "0.86864", "0.95498 0.65197 1;0.89370 0.56579 0"])
@@ -677,6 +836,13 @@ def write_sample(raw: Path, n: int = 12, seed: int = 0) -> None:
                         buf = io.BytesIO()
                         PILImage.new("L", (16, 16), 255).save(buf, format="PNG")
                         z.writestr(zipfile.ZipInfo(mp, (2024, 1, 1, 0, 0, 0)), buf.getvalue())
+    narratives["train_v6_localized_narratives-00001-of-00010"] = [
+        _narrative("train", LEADING_ZEROS_ID, 2, NARRATIVE_CAPTIONS[1])]
+    narratives.setdefault("validation_localized_narratives", []).append(
+        _narrative("validation", ORPHAN_NARRATIVE_ID, 3, "no image"))
+    for shard, rows in narratives.items():
+        with open(raw / f"open_images_{shard}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     (raw / "tar").mkdir(exist_ok=True)
     for name, members in sorted(tars.items()):
         with tarfile.open(raw / "tar" / f"{name}.tar.gz", "w:gz") as t:

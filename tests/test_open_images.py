@@ -1,14 +1,15 @@
 """Open Images builder on generated raw files in the real layout: exact values (negatives stay negative,
-box order, display names from both class-file variants, ids with leading zeros, text template), exact
-accounting, plain readers, determinism across workers and bad input."""
+box order, display names from both class-file variants, ids with leading zeros, text template, narratives),
+the class and hierarchy side tables, exact accounting, plain readers, determinism across workers, where
+the spill goes, and bad input."""
 
 from __future__ import annotations
 
 import csv
 import json
 import shutil
-import subprocess
-import sys
+import hashlib
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import vldata
-from builders.open_images import LEADING_ZEROS_ID, write_sample
+from builders.open_images import LEADING_ZEROS_ID, ORPHAN_NARRATIVE_ID, write_sample
 from conftest import run_cli, shard_hashes, read_without_vldata
 
 
@@ -58,7 +59,8 @@ def test_accounting_is_exact(built):
     assert va["reasons"]["failed"] == {"bad_image_id": 1, "image_missing": 1}
     assert (te["input_rows"], te["written"], te["failed"]) == (4, 3, 1)
     assert te["reasons"]["failed"] == {"bad_rotation": 1}
-    assert tr["notes"] == {"hierarchy_json_ignored": 1}
+    notes = {k: v for s in stats.values() for k, v in s["notes"].items()}
+    assert notes == {"narratives_rows_without_image_info": 1}  # ORPHAN_NARRATIVE_ID
     for s in stats.values():
         assert s["input_rows"] == s["written"] + s["failed"] + s["filtered"] + s["duplicates"]
     failures = {f["reason"]: f for f in pq.read_table(built / "build" / "failures.parquet").to_pylist()}
@@ -207,12 +209,19 @@ def test_malformed_rows_are_counted(raw, tmp_path):
         f.write("0123456789abcdef,test,only,three\n")  # wrong column count
     with open(copy / "oidv6-train-annotations-bbox.csv", "a", encoding="utf-8") as f:
         f.write(f"{LEADING_ZEROS_ID},xclick,/m/0bt9lr,1,left,0.5,0.1,0.2,0,0,0,0,0\n")  # bad coordinate
+    with open(copy / "open_images_test_localized_narratives.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"image_id": "0123456789abcdef", "caption": "cut short\n')  # not JSON: noted before grouping
+        f.write(json.dumps({"image_id": LEADING_ZEROS_ID, "annotator_id": 7, "caption": "x", "timed_caption": [],
+                            "traces": [{"x": 0.5}], "voice_recording": None}) + "\n")  # a trace is not a list
     report = vldata.build("open_images", copy, tmp_path / "out", formats="parquet", prefix_chars=1,
                           spill_dir=str(tmp_path / "s"))
     assert report.splits["test"].reasons["failed"] == {"bad_rotation": 1, "malformed_row": 1}
     assert report.splits["train"].notes["malformed_boxes_row"] == 1
     assert report.splits["train"].written == 6
-    assert len(written(tmp_path / "out")[LEADING_ZEROS_ID]["boxes"]) == 2
+    notes = {k: v for s in report.splits.values() for k, v in s.notes.items()}
+    assert notes["malformed_narratives_row"] == 2
+    r = written(tmp_path / "out")[LEADING_ZEROS_ID]
+    assert len(r["boxes"]) == 2 and [n["annotator_id"] for n in r["narratives"]] == [10, 2]
 
 
 def test_annotations_without_image_info_are_noted(raw, tmp_path):
@@ -225,3 +234,97 @@ def test_annotations_without_image_info_are_noted(raw, tmp_path):
     notes = {k: v for s in report.splits.values() for k, v in s.notes.items()}
     assert notes["human_rows_without_image_info"] == 1
     assert sum(s.written for s in report.splits.values()) == 11
+
+
+def test_side_tables_are_exact_listed_and_valid(built):
+    classes = {"/m/0bt9lr": ("Dog", True, True), "/m/018xm": ("Ball", True, True), "/m/08t9c_": ("Grass", True, True),
+               "/m/01g317": ("Person", True, True), "/m/0k4j": ("Car", True, False),
+               "/m/014j1m": ("Apple", False, True), "/m/02wvth": ('Fiat 500 "topolino"', False, False),
+               "/m/03hgsf0": ("Lemon, lime and bitters", False, False), "/m/083wq": ("Wheel", False, False),
+               "/m/0jbk": (None, False, True)}  # trainable, in no class-descriptions file
+    expected_classes = [{"label": m, "display_name": d, "is_boxable": b, "is_trainable": t}
+                        for m, (d, b, t) in sorted(classes.items())]
+    # depth first in file order; the root Entity (/m/0bl9f) is in no class file
+    expected_edges = [("/m/0bl9f", "/m/0bt9lr", "subcategory"), ("/m/0bl9f", "/m/018xm", "subcategory"),
+                      ("/m/0bl9f", "/m/0k4j", "subcategory"), ("/m/0k4j", "/m/02wvth", "subcategory"),
+                      ("/m/0k4j", "/m/083wq", "part"), ("/m/0bl9f", "/m/01g317", "subcategory")]
+    for fmt in ("parquet", "webdataset"):
+        folder = built / fmt
+        assert pq.read_table(folder / "tables" / "classes.parquet").to_pylist() == expected_classes
+        edges = pq.read_table(folder / "tables" / "hierarchy.parquet").to_pylist()
+        assert [(e["parent"], e["child"], e["kind"]) for e in edges] == expected_edges
+        listed = json.loads((folder / "vldata.json").read_text())["tables"]
+        assert sorted(listed) == ["classes", "hierarchy"]
+        for name, entry in listed.items():
+            file = folder / entry["path"]
+            assert entry["path"] == f"tables/{name}.parquet"
+            assert entry["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+            assert entry["num_rows"] == pq.ParquetFile(file).metadata.num_rows
+    proc = run_cli("validate", built)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+NARRATIVE_READER = textwrap.dedent('''
+    import glob, json, sys
+    import datasets, webdataset
+    out, key = sys.argv[1], "''' + LEADING_ZEROS_ID + '''"
+    files = sorted(glob.glob(out + "/parquet/data/*.parquet"))
+    rows = [r for r in datasets.load_dataset("parquet", data_files=files, split="train") if r["key"] == key]
+    samples = webdataset.WebDataset(sorted(glob.glob(out + "/webdataset/*.tar")), shardshuffle=False)
+    members = [json.loads(s["json"]) for s in samples if s["__key__"] == key]
+    result = {"parquet": [r["narratives"] for r in rows], "wds": [m["narratives"] for m in members]}
+    result["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("vldata", "builders"))
+    print(json.dumps(result))
+''')
+
+
+def test_narratives_round_trip_exactly(raw, built):
+    upstream = [json.loads(line) for f in sorted(raw.glob("*localized_narratives*.jsonl"))
+                for line in f.read_text(encoding="utf-8").splitlines()]
+    expected = [{"annotator_id": n["annotator_id"], "caption": n["caption"], "timed_caption": n["timed_caption"],
+                 "traces": n["traces"], "voice_recording": n["voice_recording"]}
+                for n in upstream if n["image_id"] == LEADING_ZEROS_ID]
+    assert [n["annotator_id"] for n in expected] == [10, 2]  # two annotators, from two upstream files
+    assert "\n" in expected[0]["caption"] and "ë" in expected[0]["caption"]
+    result = read_without_vldata(NARRATIVE_READER, built)
+    assert result["parquet"] == [expected] and result["wds"] == [expected]
+    rows = written(built)
+    assert ORPHAN_NARRATIVE_ID not in rows
+    narrated = {k for k, r in rows.items() if r["narratives"]}
+    assert {n["image_id"] for n in upstream} - {ORPHAN_NARRATIVE_ID} == narrated
+
+
+@pytest.mark.parametrize("text", ['{"LabelName": "/m/0bl9f", "Subcategory": [',
+                                  '{"LabelName": "/m/0bl9f", "Part": {"LabelName": "/m/0k4j"}}',
+                                  '{"LabelName": "/m/0bl9f", "Subcategory": [{"Subcategory": []}]}',
+                                  '[]'])
+def test_malformed_hierarchy_is_structural(raw, tmp_path, text):
+    copy = tmp_path / "raw"
+    shutil.copytree(raw, copy)
+    (copy / "bbox_labels_600_hierarchy.json").write_text(text)
+    proc = run_cli("build", "open_images", "--raw", copy, "--out", tmp_path / "out")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bbox_labels_600_hierarchy.json" in lines[0] and "malformed hierarchy JSON" in lines[0]
+    assert not (tmp_path / "out").exists()  # stopped before any work, spill included
+
+
+def test_spill_defaults_to_scratch_and_is_removed(raw, tmp_path, monkeypatch):
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    out = tmp_path / "out"
+    run_cli("build", "open_images", "--raw", raw, "--out", out, "--set", "prefix_chars=1",
+            env={"TMPDIR": str(system_tmp)}, check=True)
+    assert not list(system_tmp.glob("vldata-open_images-*"))
+    assert not list(out.rglob("vldata-open_images-*")) and not (out / "build" / "scratch").exists()
+    # where partitions() puts it: the engine's scratch; spill_dir overrides; the temp dir outside the engine
+    builder = vldata.get_builder("open_images", prefix_chars=1)
+    builder.scratch = tmp_path / "scratch"
+    spill = Path(builder.partitions(raw)[0].payload["spill"])
+    assert spill.parent == tmp_path / "scratch" and (spill / "DONE").is_file()
+    builder = vldata.get_builder("open_images", prefix_chars=1, spill_dir=str(tmp_path / "mine"))
+    builder.scratch = tmp_path / "scratch"
+    assert Path(builder.partitions(raw)[0].payload["spill"]).parent == tmp_path / "mine"
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    spill = Path(vldata.get_builder("open_images", prefix_chars=1).partitions(raw)[0].payload["spill"])
+    assert spill.parent == system_tmp

@@ -417,7 +417,9 @@ def croissant_fields(model: type[BaseModel], record_set: str, source: dict,
     """
 
     def field_of(n: Node, path: str, value_path: list[str]) -> dict:
-        inner = n.item if n.kind == "list" else n
+        inner = n
+        while inner.kind == "list":  # Croissant has one ``repeated`` flag: a list of lists is repeated too
+            inner = inner.item
         f: dict[str, Any] = {"@type": "cr:Field", "@id": f"{record_set}/{path}", "name": path,
                              "description": n.description or n.name}
         if inner.kind == "struct":
