@@ -149,3 +149,41 @@ def test_side_tables_are_written_listed_validated_and_published_and_scratch_is_r
     assert all("tables/classes.parquet" in {f.path for f in r.files} for r in plan.repos)
     (out / "webdataset" / "tables" / "classes.parquet").write_bytes(b"not parquet")
     assert any("classes.parquet" in p for p in validate(out))
+
+
+class Grouped(Record):
+    image: Image
+    group: str
+
+
+class ManyRowsBuilder(Builder):
+    """300 small rows in partitions of ``size`` rows, with a balance field."""
+
+    name, version, Record = "many", "0.0.1", Grouped
+    balance_fields = ("group",)
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def partitions(self, raw: Path) -> list[Partition]:
+        return [Partition(index=i, split="train", payload=start, input_rows=min(self.size, 300 - start))
+                for i, start in enumerate(range(0, 300, self.size))]
+
+    def records(self, partition, ctx):
+        for i in range(partition.payload, partition.payload + partition.input_rows):
+            yield Grouped(key=f"r{i}", text=f"row {i} " * (i % 5), image=png(i % 250), group=f"g{i % 7}")
+
+    def card_path(self) -> Path:
+        return card_file("scin")
+
+
+def test_shards_and_values_do_not_depend_on_partition_size(tmp_path):
+    digests = []
+    for size in (7, 64, 300):
+        out = tmp_path / f"out{size}"
+        run_build(ManyRowsBuilder(size), tmp_path, out, formats=("parquet", "webdataset"))
+        files = sorted(p for p in out.rglob("*") if p.suffix in (".parquet", ".tar") and "build" not in p.parts)
+        assert len(files) == 4  # a parquet shard, a tar, and the values file in each folder
+        digests.append({p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
+    assert digests[0] == digests[1] == digests[2]

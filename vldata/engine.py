@@ -301,7 +301,9 @@ class _ValueWriter:
         import pyarrow.compute as pc
 
         self.writer.close()
-        table = pq.read_table(self.path)
+        # rewritten in fixed row groups: the file must not depend on how rows were batched
+        table = pq.read_table(self.path).combine_chunks()
+        pq.write_table(table, self.path, row_group_size=1 << 20)
         counts = {}
         for f in self.fields:
             vc = pc.value_counts(table.column(f)).to_pylist()

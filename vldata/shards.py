@@ -89,7 +89,9 @@ class ParquetShards:
             path = self.staging / f"{self.split}-{len(self._done):05d}.parquet.tmp"
             self._writer = pq.ParquetWriter(path, self.schema)
             self._path = path
-        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        # one chunk per column: the encoded pages must not depend on how the rows were batched
+        # (partition boundaries), only on the rows themselves
+        table = pa.Table.from_batches(self._pending, schema=self.schema).combine_chunks()
         self._writer.write_table(table, row_group_size=max(1, table.num_rows))
         self._row_groups.append(table.num_rows)
         self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
