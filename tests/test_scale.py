@@ -130,3 +130,35 @@ def test_open_over_http_fetches_only_the_needed_byte_ranges(scin_raw, tmp_path):
         shard_reads = [r for r in srv.requests if r[0] == "GET" and r[1].startswith("out/parquet/data/")]
         assert {r[1] for r in shard_reads} == {path}  # only the shard holding the sample
         assert all(r[2] is not None for r in shard_reads)  # every read is a range request
+
+
+def test_an_interrupted_upload_leaves_no_manifest_and_resume_finishes_it(scin_raw, local_build, tmp_path, monkeypatch):
+    from vldata import storage
+
+    monkeypatch.setenv("VLDATA_CACHE", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("memory")
+    real_put, uploaded = storage._put, []
+
+    def put_then_fail(fs_, local, remote):
+        if len(uploaded) == 3:
+            raise ConnectionError("network gone")
+        real_put(fs_, local, remote)
+        uploaded.append(remote)
+
+    monkeypatch.setattr(storage, "_put", put_then_fail)
+    try:
+        with pytest.raises(ConnectionError):
+            vldata.build("scin", scin_raw, "memory://upload/scin", rows_per_partition=7)
+        assert uploaded and not any(p.endswith("vldata.json") for p in uploaded)
+        assert not fs.exists("/upload/scin/parquet/vldata.json")  # incomplete, and visibly so
+        with pytest.raises(FileNotFoundError):
+            vldata.open("memory://upload/scin")
+        monkeypatch.setattr(storage, "_put", real_put)
+        report = vldata.build("scin", scin_raw, "memory://upload/scin", resume=True, rows_per_partition=7)
+        assert report.totals.written == 39
+        src = vldata.open("memory://upload/scin", format="webdataset")
+        assert [src[i]["key"] for i in range(len(src))] == [
+            vldata.open(local_build, format="webdataset")[i]["key"] for i in range(39)]
+    finally:
+        if fs.exists("/upload"):
+            fs.rm("/upload", recursive=True)
