@@ -162,3 +162,22 @@ def test_an_interrupted_upload_leaves_no_manifest_and_resume_finishes_it(scin_ra
     finally:
         if fs.exists("/upload"):
             fs.rm("/upload", recursive=True)
+
+
+def test_validate_reads_a_build_over_http_and_names_an_altered_remote_shard(scin_built, tmp_path):
+    import shutil
+
+    from vldata.validate import validate
+
+    site = tmp_path / "site"
+    shutil.copytree(scin_built, site / "out")
+    with RangeServer(site) as srv:
+        assert validate(srv.url("out")) == []
+        assert validate(srv.url("out/webdataset")) == []
+        tar = sorted((site / "out" / "webdataset").glob("*.tar"))[1]
+        data = bytearray(tar.read_bytes())
+        data[700] ^= 0xFF  # same size, other bytes
+        tar.write_bytes(bytes(data))
+        problems = validate(srv.url("out"))
+        assert f"{srv.url('out/webdataset/' + tar.name)}: sha256 differs from the manifest (altered)" in problems
+    assert run_cli("validate", f"file://{site / 'out'}").returncode == 1

@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--html", type=Path, help="also write the summary and the samples as one HTML page")
     p.add_argument("--n", type=int, default=16, help="samples on the contact sheet, evenly spaced (default 16)")
     p = sub.add_parser("validate", help="re-read every shard and check manifest, schema, card, croissant")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", help="OUT or a format folder (a local path or an fsspec URL)")
     p = sub.add_parser("publish", help="upload a build to Hugging Face Hub dataset repos (ORG/NAME, ORG/NAME-wds)")
     p.add_argument("out", type=Path, help="OUT, OUT/parquet or OUT/webdataset")
     p.add_argument("--repo", required=True, metavar="ORG/NAME", help="parquet repo; webdataset goes to ORG/NAME-wds")

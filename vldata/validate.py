@@ -5,35 +5,111 @@ and sha256; every shard reads to the end (a truncated tar or parquet names itsel
 number of samples, valid unique keys and, for parquet, the declared schema; every webdataset sample
 has its primary image, ``.txt`` and ``.json``; README.md carries a YAML header; croissant.json
 validates; and the build's accounting (``build/stats.json``) balances and matches the manifest.
-It only reads.
+It only reads, from a local folder or any fsspec URL (a build uploaded to s3://, served over http).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
+import tempfile
 from pathlib import Path
 
+import fsspec
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from .engine import FORMATS
-from .output import MANIFEST, read_manifest
+from .output import MANIFEST
 from .schema import valid_key
-from .shards import file_sha256
+
+
+class Location:
+    """A file or folder on some fsspec filesystem, with the few path operations validation needs;
+    ``str()`` is the path as the user gave it, so messages name files the way they were asked for."""
+
+    def __init__(self, fs, path: str):
+        self.fs, self.path = fs, path.rstrip("/") or "/"
+
+    @classmethod
+    def of(cls, path: str | Path) -> Location:
+        text = str(path)
+        if "://" in text and not text.startswith("file://"):
+            fs, root = fsspec.core.url_to_fs(text)
+            loc = cls(fs, root)
+            loc._shown = text.rstrip("/")
+            return loc
+        return cls(LocalFileSystem(), text.removeprefix("file://"))
+
+    def __truediv__(self, rel: str) -> Location:
+        child = Location(self.fs, f"{self.path}/{rel}")
+        if hasattr(self, "_shown"):
+            child._shown = f"{self._shown}/{rel}"
+        return child
+
+    def __str__(self) -> str:
+        return getattr(self, "_shown", self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> Location:
+        parent = Location(self.fs, self.path.rsplit("/", 1)[0] or "/")
+        if hasattr(self, "_shown"):
+            parent._shown = self._shown.rsplit("/", 1)[0]
+        return parent
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.path)
+
+    def is_dir(self) -> bool:
+        return self.fs.isdir(self.path)
+
+    def size(self) -> int:
+        return self.fs.size(self.path)
+
+    def open(self):
+        return self.fs.open(self.path, "rb")
+
+    def read_text(self) -> str:
+        with self.open() as f:
+            return f.read().decode("utf-8")
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with self.open() as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
 
 
 def format_folders(path: Path) -> list[Path]:
-    """The format folders under OUT, or ``path`` itself when it is one."""
+    """The format folders under a local OUT, or ``path`` itself when it is one."""
     path = Path(path)
     if (path / MANIFEST).exists():
         return [path]
     return [path / f for f in FORMATS if (path / f).is_dir()]
 
 
+def _format_locations(path: Location) -> list[Location]:
+    if (path / MANIFEST).exists():
+        return [path]
+    # over http a folder cannot be listed, but its manifest can be asked for
+    return [path / f for f in FORMATS if (path / f / MANIFEST).exists() or (path / f).is_dir()]
+
+
+def read_manifest(folder: Location) -> dict:
+    return json.loads((folder / MANIFEST).read_text())
+
+
 def validate(path: str | Path) -> list[str]:
-    """All problems found (empty when the dataset is sound)."""
-    path = Path(path)
-    folders = format_folders(path)
+    """All problems found (empty when the dataset is sound). ``path``: OUT or a format folder,
+    local or an fsspec URL."""
+    path = Location.of(path)
+    folders = _format_locations(path)
     if not folders:
         return [f"{path}: no parquet/ or webdataset/ folder with a {MANIFEST}"]
     problems: list[str] = []
@@ -45,7 +121,7 @@ def validate(path: str | Path) -> list[str]:
     return problems
 
 
-def _validate_folder(folder: Path) -> list[str]:
+def _validate_folder(folder: Location) -> list[str]:
     try:
         manifest = read_manifest(folder)
     except FileNotFoundError:
@@ -60,10 +136,10 @@ def _validate_folder(folder: Path) -> list[str]:
             if not file.exists():
                 problems.append(f"{file}: listed in the manifest but missing")
                 continue
-            size = file.stat().st_size
+            size = file.size()
             if size != shard["num_bytes"]:
                 problems.append(f"{file}: {size} bytes, manifest says {shard['num_bytes']} (truncated or altered)")
-            if file_sha256(file) != shard["sha256"]:
+            if file.sha256() != shard["sha256"]:
                 problems.append(f"{file}: sha256 differs from the manifest (altered)")
             if manifest["format"] == "parquet":
                 problems += _read_parquet(file, shard["num_samples"], seen_keys, manifest)
@@ -74,19 +150,19 @@ def _validate_folder(folder: Path) -> list[str]:
         file = folder / table["path"]
         if not file.exists():
             problems.append(f"{file}: side table {name} listed in the manifest but missing")
-        elif file_sha256(file) != table["sha256"]:
+        elif file.sha256() != table["sha256"]:
             problems.append(f"{file}: sha256 differs from the manifest (altered)")
-        elif pq.ParquetFile(file).metadata.num_rows != table["num_rows"]:
+        elif pq.ParquetFile(file.open()).metadata.num_rows != table["num_rows"]:
             problems.append(f"{file}: row count differs from the manifest")
     problems += _validate_card(folder)
     return problems
 
 
-def _read_parquet(file: Path, expected: int, seen: set[str], manifest: dict) -> list[str]:
+def _read_parquet(file: Location, expected: int, seen: set[str], manifest: dict) -> list[str]:
     import datasets
 
     try:
-        pf = pq.ParquetFile(file)
+        pf = pq.ParquetFile(file.open())
         declared = datasets.Features.from_dict(manifest["features"]).arrow_schema
         if not pf.schema_arrow.remove_metadata().equals(declared.remove_metadata()):
             return [f"{file}: schema differs from the manifest's features"]
@@ -104,12 +180,12 @@ def _read_parquet(file: Path, expected: int, seen: set[str], manifest: dict) -> 
     return problems
 
 
-def _read_tar(file: Path, expected: int, seen: set[str], manifest: dict, index: Path | None) -> list[str]:
+def _read_tar(file: Location, expected: int, seen: set[str], manifest: dict, index: Location | None) -> list[str]:
     samples: dict[str, set[str]] = {}
     order: list[str] = []
     located: list[list] = []  # [key, [[suffix, data offset, size], ...]], as the member index records it
     try:
-        with tarfile.open(file, "r") as tar:
+        with file.open() as f, tarfile.open(fileobj=f, mode="r") as tar:
             for member in tar:
                 base = member.name.rsplit("/", 1)[-1]
                 key_, _, suffix_ = base.partition(".")
@@ -146,7 +222,7 @@ def _read_tar(file: Path, expected: int, seen: set[str], manifest: dict, index: 
     return problems
 
 
-def _check_keys(file: Path, keys: list[str], seen: set[str]) -> list[str]:
+def _check_keys(file: Location, keys: list[str], seen: set[str]) -> list[str]:
     problems = []
     for k in keys:
         if not valid_key(k):
@@ -157,24 +233,31 @@ def _check_keys(file: Path, keys: list[str], seen: set[str]) -> list[str]:
     return problems
 
 
-def _validate_card(folder: Path) -> list[str]:
+def _validate_card(folder: Location) -> list[str]:
     from .croissant import validate_croissant
 
     problems = []
     readme = folder / "README.md"
     if not readme.exists():
         problems.append(f"{readme}: missing")
-    elif not readme.read_text(encoding="utf-8").startswith("---\n"):
+    elif not readme.read_text().startswith("---\n"):
         problems.append(f"{readme}: no YAML header")
     croissant = folder / "croissant.json"
     if not croissant.exists():
         problems.append(f"{croissant}: missing")
     else:
-        problems += [f"{croissant}: {msg}" for msg in validate_croissant(croissant)]
+        if isinstance(croissant.fs, LocalFileSystem):
+            messages = validate_croissant(croissant.path)
+        else:  # mlcroissant reads local files only
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "croissant.json"
+                local.write_text(croissant.read_text(), encoding="utf-8")
+                messages = validate_croissant(local)
+        problems += [f"{croissant}: {msg}" for msg in messages]
     return problems
 
 
-def _validate_stats(stats_path: Path, folders: list[Path]) -> list[str]:
+def _validate_stats(stats_path: Location, folders: list[Location]) -> list[str]:
     stats = json.loads(stats_path.read_text())
     problems = []
     for split, s in stats["splits"].items():
