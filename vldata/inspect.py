@@ -39,7 +39,7 @@ class Sample:
     image: bytes | None
 
 
-def _human(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1024 or unit == "TB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -64,7 +64,7 @@ def summary(path: str | Path, max_values: int = 5) -> str:
         lines.append(f"{folder}  [{m['format']}]  builder {m['builder']} {m['version']}")
         for split, info in m["splits"].items():
             lines.append(f"  {split}: {info['num_samples']} samples in {len(info['shards'])} shards, "
-                         f"{_human(info['num_bytes'])}")
+                         f"{human_size(info['num_bytes'])}")
     stats_path = (path if len(folders) > 1 or folders[0] != path else path.parent) / "build" / "stats.json"
     if stats_path.exists():
         stats = json.loads(stats_path.read_text())

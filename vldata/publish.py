@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from .builder import StructuralError
 from .engine import FORMATS
-from .inspect import _human
+from .inspect import human_size
 from .output import MANIFEST, read_manifest
 from .validate import format_folders
 
@@ -87,20 +87,20 @@ class PublishPlan:
                  f"revision {self.revision or 'main (default branch)'}"]
         for repo in self.repos:
             lines += ["", f"repo {repo.repo_id}  ({repo.format}, from {repo.folder})", f"  url: {self.url(repo)}",
-                      f"  files ({len(repo.files)}, {_human(repo.num_bytes)}):"]
+                      f"  files ({len(repo.files)}, {human_size(repo.num_bytes)}):"]
             width = max(len(f.path) for f in repo.files)
             lines += [f"    {f.path:<{width}}  {f.size:>14,} B" for f in repo.files]
             lines.append(f"  commits ({len(repo.commits)}):")
             for i, commit in enumerate(repo.commits, 1):
                 size = sum(f.size for f in commit.files)
-                lines.append(f"    {i}. {commit.message}  [{len(commit.files)} files, {_human(size)}]")
+                lines.append(f"    {i}. {commit.message}  [{len(commit.files)} files, {human_size(size)}]")
             lines.append("    (the last commit also deletes shards of an earlier build, if the repo holds any)")
             if repo.ignored:
                 lines.append(f"  not uploaded (not in the manifest): {', '.join(repo.ignored)}")
         files = sum(len(r.files) for r in self.repos)
         commits = sum(len(r.commits) for r in self.repos)
         total = sum(r.num_bytes for r in self.repos)
-        lines += ["", f"total: {len(self.repos)} repo(s), {files} files, {_human(total)}, {commits} commits"]
+        lines += ["", f"total: {len(self.repos)} repo(s), {files} files, {human_size(total)}, {commits} commits"]
         return "\n".join(lines)
 
 
@@ -220,8 +220,8 @@ def plan_repo(folder: Path, repo_id: str, fmt: str, files_per_commit: int = FILE
     check_hub_limits([f.path for f in files], fmt, files_per_folder_limit)
     too_big = [f for f in files if f.size > MAX_FILE_BYTES]
     if too_big:
-        raise StructuralError(f"{folder / too_big[0].path}: {_human(too_big[0].size)}, the Hub accepts files up to "
-                              f"{_human(MAX_FILE_BYTES)}; rebuild with a smaller {SHARD_SIZE_OPTION[fmt]}")
+        raise StructuralError(f"{folder / too_big[0].path}: {human_size(too_big[0].size)}, the Hub accepts files up to "
+                              f"{human_size(MAX_FILE_BYTES)}; rebuild with a smaller {SHARD_SIZE_OPTION[fmt]}")
     planned = {f.path for f in files}
     ignored = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                      if p.is_file() and p.relative_to(folder).as_posix() not in planned)
@@ -286,7 +286,7 @@ def _upload_repo(api, repo: RepoPlan, plan: PublishPlan, say: Callable[[str], No
             operations += [CommitOperationDelete(path_in_repo=p, is_folder=False) for p in stale]
         removing = f", removing {len(stale)} stale file(s) of an earlier build" if stale else ""
         say(f"{repo.repo_id}: commit {i}/{len(repo.commits)}: {commit.message} "
-            f"[{len(commit.files)} files, {_human(sum(f.size for f in commit.files))}{removing}]")
+            f"[{len(commit.files)} files, {human_size(sum(f.size for f in commit.files))}{removing}]")
         api.create_commit(repo.repo_id, operations, commit_message=commit.message, repo_type="dataset",
                           revision=plan.revision)
 

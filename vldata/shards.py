@@ -41,12 +41,17 @@ class ShardInfo:
         return d
 
 
-def file_sha256(path: Path) -> str:
+def stream_sha256(f) -> str:
+    """sha256 of what remains in the binary file object ``f`` (local or fsspec), read in 1 MiB chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return stream_sha256(f)
 
 
 class ParquetShards:

@@ -10,7 +10,6 @@ It only reads, from a local folder or any fsspec URL (a build uploaded to s3://,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 import tempfile
@@ -23,6 +22,8 @@ from fsspec.implementations.local import LocalFileSystem
 from .engine import FORMATS
 from .output import MANIFEST
 from .schema import valid_key
+from .shards import stream_sha256
+from .storage import is_remote, local_path
 
 
 class Location:
@@ -34,13 +35,12 @@ class Location:
 
     @classmethod
     def of(cls, path: str | Path) -> Location:
-        text = str(path)
-        if "://" in text and not text.startswith("file://"):
-            fs, root = fsspec.core.url_to_fs(text)
+        if is_remote(path):
+            fs, root = fsspec.core.url_to_fs(str(path))
             loc = cls(fs, root)
-            loc._shown = text.rstrip("/")
+            loc._shown = str(path).rstrip("/")
             return loc
-        return cls(LocalFileSystem(), text.removeprefix("file://"))
+        return cls(LocalFileSystem(), str(local_path(path)))
 
     def __truediv__(self, rel: str) -> Location:
         child = Location(self.fs, f"{self.path}/{rel}")
@@ -79,11 +79,8 @@ class Location:
             return f.read().decode("utf-8")
 
     def sha256(self) -> str:
-        h = hashlib.sha256()
         with self.open() as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+            return stream_sha256(f)
 
 
 def format_folders(path: Path) -> list[Path]:
