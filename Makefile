@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m vldata.demo $(DEMO_OUT)
+	$(PY) -m vldata.tools.demo $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -9,9 +9,7 @@ and the peak RSS of the largest process. Build memory must not grow with the num
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path

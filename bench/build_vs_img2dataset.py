@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("--img2dataset", nargs="+", default=["img2dataset", "img2dataset==1.45.0", "img2dataset==1.41.0"])
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from vldata import loopback
+    from vldata.ingest import loopback
 
     version = ensure_img2dataset(args.venv, args.img2dataset)
     work = args.workdir / f"n{args.n}"
@@ -205,7 +205,7 @@ def main() -> None:
           f"CPU per sample x{i['cpu_per'] / v['cpu_per']:.2f} less, peak RSS x{v['maxrss_mb'] / i['maxrss_mb']:.2f}")
     # each round runs the two tools back to back: its ratio is less exposed to the machine's load drifting
     rounds = list(zip(results["vldata"], results["img2dataset"]))
-    print(f"  per round (vldata / img2dataset): throughput "
+    print("  per round (vldata / img2dataset): throughput "
           + ", ".join(f"x{a['rate'] / b['rate']:.2f}" for a, b in rounds)
           + "; CPU per sample " + ", ".join(f"x{b['cpu_per'] / a['cpu_per']:.2f}" for a, b in rounds))
 

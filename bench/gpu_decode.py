@@ -4,7 +4,7 @@ Usage: python bench/gpu_decode.py [--n 2048] [--device cuda]
 Self-contained: generates N photo-like full-resolution JPEGs (shorter side 768-1080) in memory,
 checks correctness first (a mixed batch: baseline, progressive, CMYK, grayscale JPEGs, PNG, WebP, a
 truncated JPEG, random bytes, an EXIF-rotated JPEG -> ok mask and pixels against a PIL reference),
-then prints a table: the CPU path (vldata.decode.decode_image in 2 worker processes, DCT-scaled
+then prints a table: the CPU path (vldata.read.decode.decode_image in 2 worker processes, DCT-scaled
 decode + resize + center crop to 224) in images/s, and ``decode_batch(device=...)`` at batch sizes
 64, 256 and 1024 (decode + resize + crop on the device, synchronised), with the speed-up over the
 CPU path. Without a CUDA device only the CPU rows and the correctness check (on the CPU) run.
@@ -44,7 +44,6 @@ def photo(seed: int) -> bytes:
 
 def correctness(device: str) -> str:
     """The acceptance batch; returns a one-line verdict."""
-    import torch
 
     import vldata
 
@@ -75,7 +74,7 @@ def correctness(device: str) -> str:
 
 
 def _cpu_worker(blobs: list[bytes]) -> int:
-    from vldata.decode import decode_image
+    from vldata.read.decode import decode_image
 
     for b in blobs:
         decode_image(b, SIZE)

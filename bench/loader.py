@@ -18,7 +18,6 @@ epoch, and peak RSS. The machine often gives only ~1.2 cores: judge by CPU-secon
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import math
 import resource
@@ -33,8 +32,8 @@ from PIL import Image as PILImage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vldata import Builder, Image, Partition, Record  # noqa: E402
-from vldata.card import card_file  # noqa: E402
-from vldata.engine import run_build  # noqa: E402
+from vldata.describe.card import card_file  # noqa: E402
+from vldata.write.engine import run_build  # noqa: E402
 
 SIZE = 224
 BATCH = 256
@@ -176,7 +175,7 @@ def run_vldata(out: Path) -> int:
 def ceiling(out: Path, limit: int = 1000) -> float:
     """CPU seconds per image of vldata's decode+resize+crop alone, in one process, no loader."""
     import vldata
-    from vldata.decode import decode_image
+    from vldata.read.decode import decode_image
 
     src = vldata.open(out / "webdataset")
     blobs = [src[i]["image"] for i in range(min(limit, len(src)))]
@@ -202,7 +201,7 @@ def measure(fn, *args) -> tuple[float, float, int]:
 
 
 def plan_throughput() -> float:
-    from vldata.plan import Plan
+    from vldata.read.plan import Plan
 
     plan = Plan(shard_sizes=(tuple([10_000] * 100), tuple([5_000] * 100), tuple([2_000] * 50)),
                 weights=(0.5, 0.3, 0.2), seed=0, batch_size=256, world_size=8, stop="all_exhausted")

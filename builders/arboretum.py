@@ -5,7 +5,7 @@ Raw input: the metadata parquet "chunk" files (every ``*.parquet`` under RAW, so
 the columns ``photo_id, scientificName, kingdom, phylum, class, order, family, genus, species,
 common_name, photo_url`` (``species`` is the epithet only); ``taxonRank`` and a licence column
 (``license``, ``license_code`` or ``photo_license``) are optional. A file missing a required column
-stops the build before any work. Images are downloaded from ``photo_url`` (vldata.fetch) or read
+stops the build before any work. Images are downloaded from ``photo_url`` (vldata.ingest.fetch) or read
 from ``images_dir`` laid out as arbor_process ``GetImages`` writes it (``<dir>/<chunk
 stem>/<photo_id>.jpg``, or flat ``<dir>/<photo_id>.jpg``); the format is sniffed from the bytes,
 since URL extensions and the ``.jpg`` names lie.
@@ -23,7 +23,7 @@ independent of the workers: the first ``cap_threshold`` rows of a species in inp
 (counted before download, so a kept row whose photo then fails is not replaced).
 
 The sample (``vldata sample arboretum RAW``) is two chunk parquets whose URLs point at
-``http://127.0.0.1:<port>`` (``vldata.loopback``, as the laion sample).
+``http://127.0.0.1:<port>`` (``vldata.ingest.loopback``, as the laion sample).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from vldata import Builder, Config, Failed, Filtered, Image, Partition, Record, RowContext, StructuralError
-from vldata import loopback
-from vldata.fetch import FetchPolicy, FetchRequest
+from vldata.ingest import loopback
+from vldata.ingest.fetch import FetchPolicy, FetchRequest
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 REQUIRED = ("photo_id", "scientificName", *RANKS, "common_name", "photo_url")

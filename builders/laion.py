@@ -9,7 +9,7 @@ a ``NNNNN/`` folder of files). The collections name their columns differently (`
 detected from its schema (``COLUMNS``, ``column_set``), and ``url_col``/``caption_col`` override
 the choice. A file without a usable URL column stops the build before any work.
 
-One record per row that downloaded (vldata.fetch: timeouts, retries, politeness, only http/https)
+One record per row that downloaded (vldata.ingest.fetch: timeouts, retries, politeness, only http/https)
 and decoded: the typed normalized fields, every source column in ``raw`` (JSON, original names),
 and the image. Rows dropped by a configured filter (``min_similarity``, ``max_punsafe``,
 ``max_pwatermark``, ``min_image_size``, ``max_aspect_ratio``, ``languages``, ``nsfw_tags``) are
@@ -22,7 +22,7 @@ completion order); its failures become failures with its error message, without 
 The sample (``vldata sample laion RAW``) is a LAION-400M-shaped and a DataComp-shaped parquet whose
 URLs point at ``http://127.0.0.1:<port>``; the port is chosen free when the sample is written and
 kept in ``RAW/loopback.json`` with the served files in ``RAW/site``. ``sample_services(raw)`` serves
-exactly that while the sample is built (``vldata.loopback``); real input starts nothing.
+exactly that while the sample is built (``vldata.ingest.loopback``); real input starts nothing.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, field_validator
 
 from vldata import Builder, Config, Failed, Filtered, Image, Partition, Record, RowContext, StructuralError
-from vldata import image as image_mod
-from vldata import img2dataset, loopback
-from vldata.fetch import FetchPolicy, FetchRequest, FetchResult
-from vldata.schema import valid_key
+from vldata.ingest import image as image_mod
+from vldata.ingest import img2dataset, loopback
+from vldata.ingest.fetch import FetchPolicy, FetchRequest, FetchResult
+from vldata.layout import valid_key
 
 Int16 = Annotated[int, pa.int16()]
 Int32 = Annotated[int, pa.int32()]

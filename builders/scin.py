@@ -18,7 +18,6 @@ import csv
 import json
 import os
 import random
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from itertools import islice
@@ -29,7 +28,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from vldata import Builder, Config, Failed, Image, Partition, Record, RowContext, StructuralError
-from vldata.tabular import read_header, rows_with_offsets
+from vldata.ingest.tabular import read_header, rows_with_offsets
 
 CASES = "scin_cases.csv"
 LABELS = "scin_labels.csv"
@@ -278,7 +277,7 @@ def _case_fields(case: dict, labels: dict | None) -> dict:
 
 
 class _CsvFile:
-    """A CSV with its header checked, read row by row with row offsets (``vldata.tabular``), so
+    """A CSV with its header checked, read row by row with row offsets (``vldata.ingest.tabular``), so
     that partitions carry offsets instead of rows and memory stays flat in the number of rows."""
 
     def __init__(self, path: Path, required: tuple[str, ...], aliases: dict[str, str]):

@@ -7,7 +7,7 @@ newlines and very long fields), read with Python's ``csv`` module. The split com
 name; the 1% sample is read only when no full train file is present (it repeats their rows). A file
 without one of the 17 columns stops the build before any work.
 
-One record per row whose image downloaded (vldata.fetch, or a ``mirror`` folder) and decoded. The 17
+One record per row whose image downloaded (vldata.ingest.fetch, or a ``mirror`` folder) and decoded. The 17
 columns keep their real names: strings verbatim (an empty string stays empty, a page titled ``NA``
 stays ``NA``), ``original_height``/``original_width`` as integers (null when blank) and the three
 ``true``/``false`` columns as booleans; columns beyond the 17 go to ``extra_columns`` (JSON). A row
@@ -18,7 +18,7 @@ carry no per-image licence (the dataset's CC BY-SA 3.0 is in the card).
 
 Image formats: SVG (``skip_mime_types``, default ``image/svg+xml``) is a vector format that no image
 library here rasterises, so such rows are ``filtered`` with reason ``skip_mime_types`` without being
-downloaded; GIF and TIFF are downloaded and re-encoded to PNG (first frame) by ``vldata.image``.
+downloaded; GIF and TIFF are downloaded and re-encoded to PNG (first frame) by ``vldata.ingest.image``.
 
 Keys: ``{split}_{part}_{row:09d}`` — the shard number from the file name (``00003``; ``1pct`` for the
 1% sample) and the data row in that file (0-based, header excluded), so a key does not depend on
@@ -28,7 +28,7 @@ Partitions are row ranges of one file; ``partitions`` reads every file once to c
 where each range starts (the uncompressed byte offset, so a worker seeks there instead of parsing).
 
 The sample (``vldata sample wit RAW``) writes gzipped TSVs for the three splits whose image URLs point
-at ``http://127.0.0.1:<port>`` (``vldata.loopback``), with the real quirks listed in ``write_sample``.
+at ``http://127.0.0.1:<port>`` (``vldata.ingest.loopback``), with the real quirks listed in ``write_sample``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import io
 import json
 import random
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -52,9 +51,9 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from vldata import Builder, Config, Failed, Filtered, Image, Partition, Record, RowContext, StructuralError
-from vldata import loopback
-from vldata.fetch import FetchPolicy, FetchRequest, FetchResult
-from vldata.tabular import open_binary, read_header, rows_with_offsets
+from vldata.ingest import loopback
+from vldata.ingest.fetch import FetchPolicy, FetchRequest, FetchResult
+from vldata.ingest.tabular import open_binary, read_header, rows_with_offsets
 
 Int16 = Annotated[int, pa.int16()]
 Int32 = Annotated[int, pa.int32()]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 import textwrap
 from pathlib import Path
@@ -21,7 +19,7 @@ from PIL import Image as PILImage
 import vldata
 from builders.arboretum import SCHEMA, TEXT_TYPES, write_sample
 from conftest import run_cli, shard_hashes, read_without_vldata
-from vldata.validate import validate
+from vldata.tools.validate import validate
 
 SHARDS = {"parquet": 20_000, "webdataset": 30_000}
 

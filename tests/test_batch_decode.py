@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 
 import vldata
-from vldata.batch_decode import BatchDecoder, jpeg_route
+from vldata.read.batch_decode import BatchDecoder, jpeg_route
 
 
 def photo(w=64, h=48) -> PILImage.Image:

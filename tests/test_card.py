@@ -15,8 +15,8 @@ import yaml
 from huggingface_hub import DatasetCard
 
 from fakes.toy import SPLITS, Toy, write_parquet
-from vldata import card, schema
-from vldata.builder import StructuralError
+from vldata.describe import card, schema
+from vldata.errors import StructuralError
 
 SCIN = card.card_file("scin")
 

@@ -18,9 +18,9 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from fakes.toy import SPLITS, Toy, write_parquet, write_webdataset
-from vldata import card, hub_vocab, schema
-from vldata.builder import StructuralError
-from vldata.croissant import croissant_document, validate_croissant
+from vldata.describe import card, hub_vocab, schema
+from vldata.errors import StructuralError
+from vldata.describe.croissant import croissant_document, validate_croissant
 
 CARDS = sorted((Path(__file__).resolve().parents[1] / "cards").glob("*.yaml"))
 NAMES = [c.stem for c in CARDS]

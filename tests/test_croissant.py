@@ -12,8 +12,8 @@ import mlcroissant as mlc
 import pytest
 
 from fakes.toy import SPLITS, Toy, write_parquet, write_webdataset
-from vldata import card, schema
-from vldata.croissant import CONFORMS_TO, CONTEXT, croissant_document, validate_croissant
+from vldata.describe import card, schema
+from vldata.describe.croissant import CONFORMS_TO, CONTEXT, croissant_document, validate_croissant
 
 
 @pytest.fixture(autouse=True)

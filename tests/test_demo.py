@@ -1,4 +1,4 @@
-"""`make demo` runs vldata.demo: every builder's sample is built, validated, mixed and loaded."""
+"""`make demo` runs vldata.tools.demo: every builder's sample is built, validated, mixed and loaded."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import vldata
 
 
 def test_demo_builds_validates_mixes_and_loads(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "vldata.demo", str(tmp_path / "demo")], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "vldata.tools.demo", str(tmp_path / "demo")], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 from PIL import Image as PILImage
 
 from vldata import Builder, Failed, Filtered, Image, Partition, Record
-from vldata.card import card_file
-from vldata.engine import run_build
+from vldata.describe.card import card_file
+from vldata.write.engine import run_build
 
 
 def png(shade: int) -> Image:
@@ -133,8 +133,8 @@ class TablesBuilder(PairBuilder):
 
 
 def test_side_tables_are_written_listed_validated_and_published_and_scratch_is_removed(tmp_path):
-    from vldata.publish import plan_publish
-    from vldata.validate import validate
+    from vldata.tools.publish import plan_publish
+    from vldata.tools.validate import validate
 
     out = tmp_path / "out"
     run_build(TablesBuilder(), tmp_path, out)

@@ -13,8 +13,8 @@ import pytest
 from fakes.audit import recording
 from fakes.http_server import ROUTES, ImageServer
 
-import vldata.fetch as fetch_mod
-from vldata.fetch import (FetchPolicy, Fetcher, FetchRequest, check_url, fetcher, mirror_path, opt_out_directive,
+import vldata.ingest.fetch as fetch_mod
+from vldata.ingest.fetch import (FetchPolicy, Fetcher, FetchRequest, check_url, fetcher, mirror_path, opt_out_directive,
                           retry_after_seconds)
 
 FAST = FetchPolicy(threads=8, per_host=8, connect_timeout=2, read_timeout=0.5, retries=1, backoff=0.05,
@@ -274,7 +274,7 @@ def test_one_fetcher_per_process_and_settings():
     assert fetcher(FAST) is not fetcher(FAST.model_copy(update={"threads": 3}))
     pid = os.fork()
     if pid == 0:  # a forked worker builds its own (the parent's threads do not exist there)
-        os._exit(0 if fetcher(FAST) is not None and len([k for k in __import__("vldata.fetch").fetch._FETCHERS
+        os._exit(0 if fetcher(FAST) is not None and len([k for k in __import__("vldata.ingest.fetch").ingest.fetch._FETCHERS
                                                          if k[0] != os.getpid()]) == 0 else 1)
     assert os.waitpid(pid, 0)[1] == 0
 

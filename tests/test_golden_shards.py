@@ -68,7 +68,7 @@ GOLDEN = {
 
 
 def _build(name: str, tmp_path, monkeypatch) -> dict[str, str]:
-    from vldata import loopback
+    from vldata.ingest import loopback
 
     monkeypatch.setattr(loopback, "free_port", lambda: LAION_PORT)
     raw, out = tmp_path / "raw", tmp_path / "out"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from vldata.image import ImagePolicy, load, sniff
-from vldata.schema import Image
+from vldata.ingest.image import ImagePolicy, load, sniff
+from vldata.describe.schema import Image
 
 
 def encode(img: PILImage.Image, fmt: str, **params) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from vldata import contact_sheet, inspect
+from vldata.tools import contact_sheet, inspect
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import tarfile
 import textwrap
 from pathlib import Path
@@ -22,7 +20,7 @@ from builders.laion import column_set, write_sample
 from conftest import run_cli, read_without_vldata
 from fakes.audit import recording
 from fakes.http_server import ImageServer, encode
-from vldata.validate import validate
+from vldata.tools.validate import validate
 
 FETCH = {"threads": 8, "per_host": 8, "read_timeout": 0.5, "connect_timeout": 2, "retries": 1, "backoff": 0.05,
          "max_retry_after": 5, "max_bytes": 1 << 20}
@@ -349,7 +347,7 @@ def test_img2dataset_folder_is_converted_without_network(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("an img2dataset folder must not be downloaded again")
 
-    monkeypatch.setattr("vldata.fetch.Fetcher.fetch", no_network)
+    monkeypatch.setattr("vldata.ingest.fetch.Fetcher.fetch", no_network)
     out = tmp_path / "out"
     with recording() as events:
         vldata.build("laion", raw, out, dedup="url")

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vldata.plan import Plan, period_schedule, rational_weights
+from vldata.read.plan import Plan, period_schedule, rational_weights
 
 shards = st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=4).map(tuple)
 

@@ -19,9 +19,9 @@ import pytest
 from conftest import run_cli
 
 import vldata
-from vldata.builder import StructuralError
+from vldata.errors import StructuralError
 from vldata.cli import main as cli_main
-from vldata.publish import check_hub_limits, plan_publish, publish
+from vldata.tools.publish import check_hub_limits, plan_publish, publish
 
 FAKE_TOKEN = "hf_FAKEtoken1234567890"
 METADATA = {"README.md", "croissant.json", "vldata.json"}

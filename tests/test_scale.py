@@ -133,7 +133,7 @@ def test_open_over_http_fetches_only_the_needed_byte_ranges(scin_raw, tmp_path):
 
 
 def test_an_interrupted_upload_leaves_no_manifest_and_resume_finishes_it(scin_raw, local_build, tmp_path, monkeypatch):
-    from vldata import storage
+    from vldata.write import storage
 
     monkeypatch.setenv("VLDATA_CACHE", str(tmp_path / "cache"))
     fs = fsspec.filesystem("memory")
@@ -167,7 +167,7 @@ def test_an_interrupted_upload_leaves_no_manifest_and_resume_finishes_it(scin_ra
 def test_validate_reads_a_build_over_http_and_names_an_altered_remote_shard(scin_built, tmp_path):
     import shutil
 
-    from vldata.validate import validate
+    from vldata.tools.validate import validate
 
     site = tmp_path / "site"
     shutil.copytree(scin_built, site / "out")

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image as PILImage
 from pydantic import BaseModel, ValidationError
 
-from vldata import schema as sch
-from vldata.schema import Image, Record
+from vldata.describe import schema as sch
+from vldata.describe.schema import Image, Record
 
 
 class Colour(enum.Enum):

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 import vldata
-from vldata.source import ShardError
+from vldata.read.source import ShardError
 
 
 def test_both_formats_give_the_same_samples(scin_built):

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 import vldata
-from vldata.source import ShardError
+from vldata.read.source import ShardError
 
 
 def keys_of(batches) -> list[list[str]]:
@@ -155,10 +155,10 @@ def test_truncated_shard_stops_with_its_name(scin_built, tmp_path):
 
 
 def test_consecutive_failures_stop_the_run(scin_built, monkeypatch):
-    from vldata.torch_dataset import TooManyErrors
+    from vldata.read.torch_dataset import TooManyErrors
 
     src = vldata.open(scin_built / "parquet")
-    monkeypatch.setattr("vldata.torch_dataset.decode_image", lambda data, size: (_ for _ in ()).throw(OSError("bad")))
+    monkeypatch.setattr("vldata.read.torch_dataset.decode_image", lambda data, size: (_ for _ in ()).throw(OSError("bad")))
     ds = vldata.TorchDataset(src, batch_size=4, decode="cpu", image_size=8, max_consecutive_errors=5)
     with pytest.raises(TooManyErrors, match="5 consecutive"):
         list(ds)

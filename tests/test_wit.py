@@ -8,8 +8,6 @@ import gzip
 import io
 import json
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,8 +18,8 @@ from PIL import Image as PILImage
 import vldata
 from builders.wit import COLUMNS, choose_caption, strip_language_label, write_sample
 from conftest import run_cli, shard_hashes, read_without_vldata
-from vldata import loopback
-from vldata.validate import validate
+from vldata.ingest import loopback
+from vldata.tools.validate import validate
 
 FETCH = {"threads": 8, "per_host": 8, "read_timeout": 2, "connect_timeout": 2, "retries": 0}
 SHARDS = {"parquet": 20_000, "webdataset": 30_000}

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .builder import StructuralError
+from vldata.errors import StructuralError
 
 
 def parse_settings(items: list[str]) -> dict:
@@ -96,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from . import api, registry
+    """One command; only list, sample and build load the build side."""
+    if args.command in ("list", "sample", "build"):
+        return _run_build_side(args)
+    return _run_tool(args)
+
+
+def _run_build_side(args) -> int:
+    from vldata.write import api, registry
 
     if args.command == "list":
         for name in registry.list_builders():
@@ -116,13 +123,17 @@ def _run(args) -> int:
                            **config)
         print(report)
         return 0
+    raise AssertionError(args.command)
+
+
+def _run_tool(args) -> int:
     if args.command == "inspect":
-        from .inspect import summary
+        from vldata.tools.inspect import summary
 
         text = summary(args.out)
         print(text)
         if args.png or args.html:
-            from .contact_sheet import write_pictures
+            from vldata.tools.contact_sheet import write_pictures
 
             if args.n < 1:
                 raise StructuralError(f"--n must be at least 1, got {args.n}")
@@ -133,7 +144,7 @@ def _run(args) -> int:
             print("\n".join(done))
         return 0
     if args.command == "validate":
-        from .validate import validate
+        from vldata.tools.validate import validate
 
         problems = validate(args.out)
         for p in problems:
@@ -143,7 +154,7 @@ def _run(args) -> int:
     if args.command == "publish":
         from huggingface_hub.errors import HfHubHTTPError
 
-        from .publish import publish
+        from vldata.tools.publish import publish
 
         try:
             plan = publish(args.out, args.repo, private=args.private, dry_run=args.dry_run, revision=args.revision,

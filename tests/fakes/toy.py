@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 from PIL import Image as PILImage
 from pydantic import BaseModel, Field
 
-from vldata import schema
-from vldata.schema import Image, Record
+from vldata.describe import schema
+from vldata.describe.schema import Image, Record
 
 
 class Color(enum.Enum):

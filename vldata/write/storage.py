@@ -19,10 +19,10 @@ from pathlib import Path
 
 import fsspec
 
-from .builder import StructuralError
+from vldata.errors import StructuralError
+from vldata.layout import BUILD_DIR, FAILURES, MANIFEST, STATS
 
-MANIFEST = "vldata.json"
-BUILD_FILES = ("build/stats.json", "build/failures.parquet")
+BUILD_FILES = (f"{BUILD_DIR}/{STATS}", f"{BUILD_DIR}/{FAILURES}")
 
 
 def is_remote(path: str | os.PathLike) -> bool:

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .decode import collate_images, decode_image
-from .mix import Mix
-from .source import ShardError, Source
+from vldata.read.decode import collate_images, decode_image
+from vldata.read.mix import Mix
+from vldata.read.source import ShardError, Source
 
 log = logging.getLogger("vldata")
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .builder import StructuralError
+from vldata.errors import StructuralError
 
 
 def open_binary(path: Path) -> IO[bytes]:

@@ -25,10 +25,7 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-KEY_PATTERN = r"^[A-Za-z0-9_-]+$"
-_KEY_RE = re.compile(KEY_PATTERN)
-
-IMAGE_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+from vldata.layout import IMAGE_EXTENSIONS, IMAGE_SUFFIXES, KEY_PATTERN, MemberLayout, valid_key  # noqa: F401 (valid_key: re-exported)
 
 
 class Image(BaseModel):
@@ -296,24 +293,29 @@ def _json_value(node: Node, value: Any) -> Any:
     return value
 
 
-def image_members(record: Record) -> list[tuple[str, bytes]]:
-    """Webdataset image members of a record as (suffix, bytes), primary image first.
+def member_layout(model: type[Record]) -> MemberLayout:
+    """How records of ``model`` become webdataset members (see ``layout.MemberLayout``)."""
+    return _member_layout_cached(model)
 
-    The primary image is ``<ext>``; another image field F is ``F.<ext>``; item i of a list of images
-    F is ``F_<i>.<ext>``. Missing (None) images have no member.
-    """
-    primary = type(record).primary_image
-    out = []
-    for n in fields(type(record)):
-        v = getattr(record, n.name)
-        if v is None:
-            continue
-        if n.kind == "image":
-            out.append((v.ext if n.name == primary else f"{n.name}.{v.ext}", v.data))
-        elif n.kind == "list" and n.item.kind == "image":
-            out.extend((f"{n.name}_{i}.{img.ext}", img.data) for i, img in enumerate(v))
-    out.sort(key=lambda m: "." in m[0])  # primary first, order otherwise stable
-    return out
+
+@lru_cache(maxsize=None)
+def _member_layout_cached(model: type[Record]) -> MemberLayout:
+    nodes = fields(model)
+    for suffix, field_name in model.text_members.items():
+        node = next((n for n in nodes if n.name == field_name), None)
+        if node is None or node.kind != "scalar" or node.dtype != "string":
+            raise TypeError(f"{model.__name__}.text_members: {field_name!r} is not a string field")
+        if not valid_key(suffix) or suffix == "txt":
+            raise TypeError(f"{model.__name__}.text_members: bad member suffix {suffix!r}")
+    images = tuple(n.name for n in nodes if _is_image_like(n))
+    lists = tuple(n.name for n in nodes if n.kind == "list" and n.item.kind == "image")
+    return MemberLayout(model.primary_image, images, lists, tuple(model.text_members.items()))
+
+
+def image_members(record: Record) -> list[tuple[str, bytes]]:
+    """Webdataset image members of a record as (suffix, bytes), in the order they are written."""
+    members = member_layout(type(record)).members(to_row(record), b"")
+    return [(suffix, data) for suffix, data in members.items() if suffix.rpartition(".")[2] in IMAGE_SUFFIXES]
 
 
 def json_fields(model: type[Record]) -> tuple[Node, ...]:
@@ -359,21 +361,6 @@ def wds_features(model: type[Record], image_suffixes: list[str]):
     feats.update({f"{suffix}.txt": datasets.Value("string") for suffix in model.text_members})
     feats["json"] = wds_json_features(model)
     return datasets.Features(feats)
-
-
-def check_text_members(model: type[Record]) -> None:
-    """Text members must name string fields and webdataset-safe suffixes."""
-    names = {n.name: n for n in fields(model)}
-    for suffix, field_name in model.text_members.items():
-        node = names.get(field_name)
-        if node is None or node.kind != "scalar" or node.dtype != "string":
-            raise TypeError(f"{model.__name__}.text_members: {field_name!r} is not a string field")
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", suffix) or suffix == "txt":
-            raise TypeError(f"{model.__name__}.text_members: bad member suffix {suffix!r}")
-
-
-def valid_key(key: str) -> bool:
-    return bool(_KEY_RE.match(key))
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,16 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .builder import StructuralError
-from .engine import FORMATS
-from .inspect import human_size
-from .output import MANIFEST, read_manifest
-from .validate import format_folders
+from vldata.errors import StructuralError
+from vldata.layout import CARD_FILES, FORMATS, MANIFEST, format_folders, inside, read_manifest
+from vldata.tools.inspect import human_size
 
 logger = logging.getLogger(__name__)
 
 REPO_SUFFIX = {"parquet": "", "webdataset": "-wds"}
-METADATA_FILES = ("README.md", "croissant.json", MANIFEST)
+METADATA_FILES = (*CARD_FILES, MANIFEST)
 SHARD_SIZE_OPTION = {"parquet": "--parquet-shard-size", "webdataset": "--tar-shard-size"}
 # Files of an earlier build that the loaders' globs would still pick up if left in the repo.
 STALE_PATTERNS = {"parquet": ("data/*.parquet", "values/*.parquet", "tables/*.parquet"),
@@ -140,7 +138,7 @@ def check_hub_limits(paths: list[str], fmt: str, files_per_folder_limit: int = F
 
 def _format_folders(path: Path) -> dict[str, Path]:
     """The format folders to publish, by the format their manifest declares."""
-    folders = format_folders(path)
+    folders = [Path(f) for f in format_folders(path, unfinished=True)]
     if not folders:
         raise StructuralError(f"{path}: no {MANIFEST} here and no parquet/ or webdataset/ folder (not a vldata build)")
     found: dict[str, Path] = {}
@@ -162,7 +160,7 @@ def _read_manifest(folder: Path) -> dict:
 
 
 def _local_file(folder: Path, rel: str) -> Path:
-    if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+    if not inside(rel):
         raise StructuralError(f"{folder / MANIFEST}: path {rel!r} points outside the folder")
     file = folder / rel
     if not file.is_file():

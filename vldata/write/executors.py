@@ -2,7 +2,7 @@
 
 An executor takes the partitions still to build and yields each one after its part (Arrow stream +
 ``done`` file) is committed in ``parts_dir``, in completion order. It runs the engine's one
-partition function, ``engine.build_partition``, unchanged, so the parts and therefore the shards are
+partition function, ``partition.build_partition``, unchanged, so the parts and therefore the shards are
 the same whichever executor ran them; ordering, accounting and the reduce stay in the engine.
 
 Ray (``--executor ray``, the ``ray`` extra): each partition is a task that builds its part in a
@@ -23,7 +23,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from .builder import Builder, Partition, StructuralError
+from vldata.errors import StructuralError
+from vldata.layout import atomic_write
+from vldata.write.builder import Builder, Partition
+from vldata.write.partition import build_partition, part_files
 
 Executor = Callable[[Builder, list[Partition], Path, int], Iterator[Partition]]
 RAY_RETRIES = 3
@@ -37,8 +40,6 @@ def get_executor(name: str) -> Executor:
 
 
 def run_local(builder: Builder, todo: list[Partition], parts_dir: Path, workers: int) -> Iterator[Partition]:
-    from .engine import build_partition
-
     if workers <= 1:
         for p in todo:
             build_partition(builder, p, parts_dir)
@@ -80,13 +81,11 @@ def _ray():
 def build_part_bytes(builder: Builder, part: Partition) -> tuple[bytes, bytes]:
     """The Ray task body: build one partition into a private temporary folder and return its part
     (Arrow stream, done document) as bytes."""
-    from .engine import build_partition
-
     _maybe_fail_once(part.index)
     with tempfile.TemporaryDirectory(prefix="vldata-part-") as tmp:
         build_partition(builder, part, Path(tmp))
-        stem = Path(tmp) / f"{part.index:05d}"
-        return stem.with_suffix(".arrow").read_bytes(), stem.with_suffix(".done.json").read_bytes()
+        arrow, done = part_files(Path(tmp), part.index)
+        return arrow.read_bytes(), done.read_bytes()
 
 
 def _maybe_fail_once(index: int) -> None:
@@ -105,10 +104,9 @@ def _maybe_fail_once(index: int) -> None:
 
 
 def _commit(parts_dir: Path, index: int, arrow: bytes, done: bytes) -> None:
-    from .engine import _atomic_write_bytes
-
-    _atomic_write_bytes(parts_dir / f"{index:05d}.arrow", arrow)
-    _atomic_write_bytes(parts_dir / f"{index:05d}.done.json", done)  # last: it commits the part
+    arrow_file, done_file = part_files(parts_dir, index)
+    atomic_write(arrow_file, arrow, fsync=True)
+    atomic_write(done_file, done, fsync=True)  # last: it commits the part
 
 
 def run_ray(builder: Builder, todo: list[Partition], parts_dir: Path, workers: int) -> Iterator[Partition]:

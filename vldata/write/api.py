@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import storage
-from .engine import FORMATS, BuildReport, _report_of_finished, run_build
-from .registry import get_builder
+from vldata.write import storage
+from vldata.layout import FORMATS
+from vldata.write.engine import report_of_finished, run_build
+from vldata.write.report import BuildReport
+from vldata.write.registry import get_builder
 
 
 def build(name: str, raw: str | Path, out: str | Path, formats: tuple[str, ...] | str = FORMATS, workers: int = 1,
@@ -16,7 +18,7 @@ def build(name: str, raw: str | Path, out: str | Path, formats: tuple[str, ...] 
           storage_options: dict | None = None, **config: Any) -> BuildReport:
     """Build dataset ``name`` from ``raw`` into ``out``; returns the counts per split and reason.
 
-    ``raw`` and ``out`` are local folders or fsspec URLs (see ``vldata.storage``). ``formats``:
+    ``raw`` and ``out`` are local folders or fsspec URLs (see ``vldata.write.storage``). ``formats``:
     "parquet", "webdataset", "both" or a tuple. ``executor``: "local" (``workers`` processes) or
     "ray". ``config``: the builder's settings (the same keys as ``--set``). Raises StructuralError
     for unusable input or settings.
@@ -35,7 +37,7 @@ def build(name: str, raw: str | Path, out: str | Path, formats: tuple[str, ...] 
     work = storage.work_folder(url)
     if resume and storage.remote_complete(url, formats, storage_options):
         storage.fetch_build_summary(url, work, formats, storage_options)
-        report = _report_of_finished(builder, work, formats)
+        report = report_of_finished(builder, work, formats)
         storage.remove_work(work)
         return report
     with builder.sample_services(raw_dir):

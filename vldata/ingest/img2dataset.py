@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .builder import StructuralError
+from vldata.errors import StructuralError
 
 # img2dataset's own columns: width/height/original_*/hashes describe its download, not the metadata
 COLUMNS = ("key", "status", "error_message", "width", "height", "original_width", "original_height", "exif",

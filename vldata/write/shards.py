@@ -10,7 +10,6 @@ bytes (not webdataset's TarWriter: importing webdataset imports torch, 300+ MB i
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from vldata.layout import MEMBER_INDEX_FORMAT, atomic_write, file_sha256, member_index, parquet_shard, tar_shard
 
 
 @dataclass
@@ -39,19 +40,6 @@ class ShardInfo:
         if self.index is not None:
             d["index"] = self.index
         return d
-
-
-def stream_sha256(f) -> str:
-    """sha256 of what remains in the binary file object ``f`` (local or fsspec), read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return stream_sha256(f)
 
 
 class ParquetShards:
@@ -118,7 +106,7 @@ class ParquetShards:
             pq.write_table(self.schema.empty_table(), path)
             self._done.append((path, 0, {"row_groups": []}))
         n = len(self._done)
-        return _publish(self._done, folder, lambda i: f"data/{self.split}-{i:05d}-of-{n:05d}.parquet")
+        return _publish(self._done, folder, lambda i: parquet_shard(self.split, i, n))
 
 
 class TarShards:
@@ -133,24 +121,21 @@ class TarShards:
         self._done: list[tuple[Path, int, dict]] = []
         staging.mkdir(parents=True, exist_ok=True)
 
-    def write(self, sample: dict) -> None:
-        """``sample`` = {"__key__": key, suffix: bytes, ...}; members are written in that order."""
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        """One sample: ``members`` = {suffix: bytes}, written as ``KEY.<suffix>`` in that order."""
         if self._writer is None:
             self._path = self.staging / f"{self.split}-{len(self._done):06d}.tar.tmp"
             self._file = open(self._path, "wb")
             self._writer = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
-        key = sample["__key__"]
-        members = []
-        for suffix, data in sample.items():
-            if suffix == "__key__":
-                continue
+        located = []
+        for suffix, data in members.items():
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size, info.mtime, info.mode = len(data), 0, 0o444
             info.uname = info.gname = "vldata"
             self._writer.addfile(info, io.BytesIO(data))
             padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-            members.append([suffix, self._writer.offset - padded, len(data)])
-        self._index.append([key, members])
+            located.append([suffix, self._writer.offset - padded, len(data)])
+        self._index.append([key, located])
         self._rows += 1
         if self._file.tell() >= self.target_bytes:
             self._close_shard()
@@ -171,7 +156,7 @@ class TarShards:
             with tarfile.open(path, mode="w", format=tarfile.GNU_FORMAT):
                 pass
             self._done.append((path, 0, {"index": []}))
-        return _publish(self._done, folder, lambda i: f"{self.split}-{i:06d}.tar")
+        return _publish(self._done, folder, lambda i: tar_shard(self.split, i))
 
 
 def _publish(done: list[tuple[Path, int, dict]], folder: Path, name: Callable[[int], str]) -> list[ShardInfo]:
@@ -184,11 +169,9 @@ def _publish(done: list[tuple[Path, int, dict]], folder: Path, name: Callable[[i
         final.parent.mkdir(parents=True, exist_ok=True)
         index_name = None
         if "index" in extra:
-            index_name = name(i).removesuffix(".tar") + ".idx.json"
-            doc = {"format": "vldata-tar-index-1", "shard": final.name, "samples": extra["index"]}
-            tmp_index = folder / (index_name + ".tmp")
-            tmp_index.write_text(json.dumps(doc, separators=(",", ":")))
-            os.replace(tmp_index, folder / index_name)
+            index_name = member_index(name(i))
+            doc = {"format": MEMBER_INDEX_FORMAT, "shard": final.name, "samples": extra["index"]}
+            atomic_write(folder / index_name, json.dumps(doc, separators=(",", ":")))
         os.replace(tmp, final)
         out.append(ShardInfo(name(i), rows, final.stat().st_size, file_sha256(final),
                              row_groups=extra.get("row_groups"), index=index_name))

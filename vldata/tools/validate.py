@@ -19,48 +19,39 @@ import fsspec
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from .engine import FORMATS
-from .output import MANIFEST
-from .schema import valid_key
-from .shards import stream_sha256
-from .storage import is_remote, local_path
+from vldata.layout import (MANIFEST, MemberLayout, format_folders, read_manifest, stats_file, stream_sha256, tar_samples,
+                           valid_key)
 
 
 class Location:
     """A file or folder on some fsspec filesystem, with the few path operations validation needs;
     ``str()`` is the path as the user gave it, so messages name files the way they were asked for."""
 
-    def __init__(self, fs, path: str):
+    def __init__(self, fs, path: str, shown: str | None = None):
         self.fs, self.path = fs, path.rstrip("/") or "/"
+        self.shown = shown or self.path
 
     @classmethod
     def of(cls, path: str | Path) -> Location:
-        if is_remote(path):
-            fs, root = fsspec.core.url_to_fs(str(path))
-            loc = cls(fs, root)
-            loc._shown = str(path).rstrip("/")
-            return loc
-        return cls(LocalFileSystem(), str(local_path(path)))
+        fs, root = fsspec.core.url_to_fs(str(path))
+        return cls(fs, root, str(path).rstrip("/") or "/")
 
     def __truediv__(self, rel: str) -> Location:
-        child = Location(self.fs, f"{self.path}/{rel}")
-        if hasattr(self, "_shown"):
-            child._shown = f"{self._shown}/{rel}"
-        return child
+        return Location(self.fs, f"{self.path}/{rel}", f"{self.shown}/{rel}")
+
+    def at(self, path: str) -> Location:
+        """Another path on the same filesystem, shown relative to how this one was given."""
+        rel = path[len(self.path):].strip("/") if path.startswith(self.path) else None
+        if rel is None:
+            return Location(self.fs, path)
+        return self / rel if rel else self
 
     def __str__(self) -> str:
-        return getattr(self, "_shown", self.path)
+        return self.shown
 
     @property
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1]
-
-    @property
-    def parent(self) -> Location:
-        parent = Location(self.fs, self.path.rsplit("/", 1)[0] or "/")
-        if hasattr(self, "_shown"):
-            parent._shown = self._shown.rsplit("/", 1)[0]
-        return parent
 
     def exists(self) -> bool:
         return self.fs.exists(self.path)
@@ -83,36 +74,17 @@ class Location:
             return stream_sha256(f)
 
 
-def format_folders(path: Path) -> list[Path]:
-    """The format folders under a local OUT, or ``path`` itself when it is one."""
-    path = Path(path)
-    if (path / MANIFEST).exists():
-        return [path]
-    return [path / f for f in FORMATS if (path / f).is_dir()]
-
-
-def _format_locations(path: Location) -> list[Location]:
-    if (path / MANIFEST).exists():
-        return [path]
-    # over http a folder cannot be listed, but its manifest can be asked for
-    return [path / f for f in FORMATS if (path / f / MANIFEST).exists() or (path / f).is_dir()]
-
-
-def read_manifest(folder: Location) -> dict:
-    return json.loads((folder / MANIFEST).read_text())
-
-
 def validate(path: str | Path) -> list[str]:
     """All problems found (empty when the dataset is sound). ``path``: OUT or a format folder,
     local or an fsspec URL."""
     path = Location.of(path)
-    folders = _format_locations(path)
+    folders = [path.at(f) for f in format_folders(path.path, path.fs, unfinished=True)]
     if not folders:
         return [f"{path}: no parquet/ or webdataset/ folder with a {MANIFEST}"]
     problems: list[str] = []
     for folder in folders:
         problems += _validate_folder(folder)
-    stats_path = (path if not (path / MANIFEST).exists() else path.parent) / "build" / "stats.json"
+    stats_path = path.at(stats_file(path.path, path.fs))
     if stats_path.exists():
         problems += _validate_stats(stats_path, folders)
     return problems
@@ -120,7 +92,7 @@ def validate(path: str | Path) -> list[str]:
 
 def _validate_folder(folder: Location) -> list[str]:
     try:
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder.path, folder.fs)
     except FileNotFoundError:
         return [f"{folder / MANIFEST}: missing"]
     except json.JSONDecodeError as e:
@@ -178,36 +150,21 @@ def _read_parquet(file: Location, expected: int, seen: set[str], manifest: dict)
 
 
 def _read_tar(file: Location, expected: int, seen: set[str], manifest: dict, index: Location | None) -> list[str]:
-    samples: dict[str, set[str]] = {}
-    order: list[str] = []
     located: list[list] = []  # [key, [[suffix, data offset, size], ...]], as the member index records it
+    problems: list[str] = []
     try:
         with file.open() as f, tarfile.open(fileobj=f, mode="r") as tar:
-            for member in tar:
-                base = member.name.rsplit("/", 1)[-1]
-                key_, _, suffix_ = base.partition(".")
-                if not located or located[-1][0] != key_:
-                    located.append([key_, []])
-                located[-1][1].append([suffix_, member.offset_data, member.size])
-                key, _, suffix = base.partition(".")
-                if key not in samples:
-                    samples[key] = set()
-                    order.append(key)
-                samples[key].add(suffix)
-                data = tar.extractfile(member)
-                if data is not None:
-                    data.read()
+            for key, members in tar_samples(tar):
+                located.append([key, [[suffix, m.offset_data, m.size] for suffix, m in members]])
+                for _, m in members:
+                    tar.extractfile(m).read()  # every member must read to its end
+                missing = MemberLayout.missing(suffix for suffix, _ in members)
+                if missing:
+                    problems.append(f"{file}: sample {key} lacks {', '.join(missing)}")
     except (tarfile.TarError, OSError, EOFError) as e:
         return [f"{file}: unreadable tar ({type(e).__name__}: {e})"]
-    problems = _check_keys(file, order, seen)
-    primary = {"jpg", "png", "webp"}
-    for key in order:
-        members = samples[key]
-        missing = [m for m in ("txt", "json") if m not in members]
-        if not members & primary:
-            missing.append("primary image")
-        if missing:
-            problems.append(f"{file}: sample {key} lacks {', '.join(missing)}")
+    order = [key for key, _ in located]
+    problems = _check_keys(file, order, seen) + problems
     if len(order) != expected:
         problems.append(f"{file}: {len(order)} samples, manifest says {expected}")
     if index is None:
@@ -231,7 +188,7 @@ def _check_keys(file: Location, keys: list[str], seen: set[str]) -> list[str]:
 
 
 def _validate_card(folder: Location) -> list[str]:
-    from .croissant import validate_croissant
+    from vldata.describe.croissant import validate_croissant
 
     problems = []
     readme = folder / "README.md"
@@ -261,7 +218,7 @@ def _validate_stats(stats_path: Location, folders: list[Location]) -> list[str]:
         if s["input_rows"] != s["written"] + s["failed"] + s["filtered"] + s["duplicates"]:
             problems.append(f"{stats_path}: split {split} accounting does not balance")
         for folder in folders:
-            m = read_manifest(folder) if (folder / MANIFEST).exists() else None
+            m = read_manifest(folder.path, folder.fs) if (folder / MANIFEST).exists() else None
             if m and split in m["splits"] and m["splits"][split]["num_samples"] != s["written"]:
                 problems.append(f"{folder / MANIFEST}: split {split} has {m['splits'][split]['num_samples']} "
                                 f"samples, stats.json says {s['written']} written")

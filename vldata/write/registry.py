@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
-from .builder import Builder, StructuralError
+from vldata.write.builder import Builder, StructuralError
 
 GROUP = "vldata.builders"
 

@@ -9,15 +9,12 @@ contract; it does not write shards.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-from . import schema as sch
-from .shards import ShardInfo
-
-MANIFEST = "vldata.json"
-MANIFEST_VERSION = 1
+from vldata.describe import schema as sch
+from vldata.layout import MANIFEST, MANIFEST_VERSION, atomic_write, data_files
+from vldata.write.shards import ShardInfo
 
 
 def manifest_document(builder, fmt: str, shards: dict[str, list[ShardInfo]], image_suffixes: list[str],
@@ -46,26 +43,12 @@ def manifest_document(builder, fmt: str, shards: dict[str, list[ShardInfo]], ima
     }
 
 
-def read_manifest(folder: Path) -> dict:
-    return json.loads((Path(folder) / MANIFEST).read_text())
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def data_files(fmt: str, split: str) -> str:
-    return f"data/{split}-*.parquet" if fmt == "parquet" else f"{split}-*.tar"
-
-
 def write_format_folder(builder, sheet, out: Path, fmt: str, shards: dict[str, list[ShardInfo]],
                         image_suffixes: list[str], stats: dict, values: dict[str, dict] | None = None,
                         tables: dict[str, dict] | None = None) -> None:
     """Write README.md, croissant.json and (last) vldata.json into ``out/<fmt>``."""
-    from .card import render_readme
-    from .croissant import croissant_document
+    from vldata.describe.card import render_readme
+    from vldata.describe.croissant import croissant_document
 
     folder = out / fmt
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,8 +68,8 @@ def write_format_folder(builder, sheet, out: Path, fmt: str, shards: dict[str, l
         data_files={s: data_files(fmt, s) for s in manifest["splits"]},
         stats=stats, config=builder.config,
     )
-    _write_text(folder / "README.md", readme)
+    atomic_write(folder / "README.md", readme)
     doc = croissant_document(sheet, name=builder.name, version=builder.version, fmt=fmt, record_type=record_type,
                              shards={s: v["shards"] for s, v in manifest["splits"].items()})
-    _write_text(folder / "croissant.json", json.dumps(doc, indent=1, ensure_ascii=False))
-    _write_text(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+    atomic_write(folder / "croissant.json", json.dumps(doc, indent=1, ensure_ascii=False))
+    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))

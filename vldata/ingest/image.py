@@ -28,7 +28,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
-from .schema import Image
+from vldata.describe.schema import Image
 
 PILImage.MAX_IMAGE_PIXELS = None  # we enforce our own limit, as a counted failure
 

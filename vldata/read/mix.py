@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .plan import Plan, Stop
-from .source import Source
+from vldata.read.plan import Plan, Stop
+from vldata.read.source import Source
 
 
 class Mix:

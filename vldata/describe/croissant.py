@@ -15,8 +15,9 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import hub_vocab, schema
-from .card import Datasheet
+from vldata.describe import hub_vocab, schema
+from vldata.layout import IMAGE_EXTENSIONS
+from vldata.describe.card import Datasheet
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
 
@@ -68,7 +69,7 @@ CONTEXT: dict[str, Any] = {
 }
 
 ENCODING = {"parquet": "application/x-parquet", "webdataset": "application/x-tar"}
-_IMAGE_GLOBS = tuple(f"*.{ext}" for ext in sorted(set(schema.IMAGE_EXTENSIONS.values())))
+_IMAGE_GLOBS = tuple(f"*.{ext}" for ext in sorted(set(IMAGE_EXTENSIONS.values())))
 
 
 def croissant_document(sheet: Datasheet, *, name: str, version: str, fmt: str, record_type: type[schema.Record],
@@ -188,7 +189,7 @@ def _webdataset_layout(record_type: type[schema.Record], tars: list[str]) -> tup
         members("text-members", "KEY.txt (the sample's main text) and any extra KEY.<name>.txt.",
                 ["text/plain"], ["*.txt"]),
         members("image-members", "KEY.<ext> (the primary image) and KEY.<field>.<ext> (other images).",
-                [f"image/{f}" for f in schema.IMAGE_EXTENSIONS], list(_IMAGE_GLOBS)),
+                [f"image/{f}" for f in IMAGE_EXTENSIONS], list(_IMAGE_GLOBS)),
     ]
 
     def field(record_set: str, name: str, file_set: str, data_type: str, description: str,

@@ -16,15 +16,13 @@ from collections import OrderedDict
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
-MANIFEST = "vldata.json"
-FORMATS = ("webdataset", "parquet")
+from vldata.errors import ShardError
+from vldata.layout import MANIFEST, READ_PREFERENCE, MemberLayout, format_folders, read_manifest
 
-
-class ShardError(RuntimeError):
-    """A shard cannot be read as the manifest describes it (truncated, missing, altered)."""
+__all__ = ["ShardError", "Source", "ParquetSource", "WebDatasetSource", "open"]
 
 
 def _join(root: str, rel: str) -> str:
@@ -36,13 +34,11 @@ def open(path: str, split: str = "train", format: str | None = None, name: str |
     """A random-access source over OUT, OUT/parquet or OUT/webdataset (local path or fsspec URL).
     When OUT holds both formats, ``format`` chooses (default: webdataset, read by byte ranges)."""
     fs, root = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
-    if not fs.exists(_join(root, MANIFEST)):
-        candidates = [f for f in ((format,) if format else FORMATS) if fs.exists(_join(_join(root, f), MANIFEST))]
-        if not candidates:
-            raise FileNotFoundError(f"{path}: no {MANIFEST} here or in parquet/ or webdataset/")
-        root = _join(root, candidates[0])
-    with fs.open(_join(root, MANIFEST), "rb") as f:
-        manifest = json.load(f)
+    folders = format_folders(root, fs, order=(format,) if format else READ_PREFERENCE)
+    if not folders:
+        raise FileNotFoundError(f"{path}: no {MANIFEST} here or in parquet/ or webdataset/")
+    root = folders[0]
+    manifest = read_manifest(root, fs)
     if split not in manifest["splits"]:
         raise KeyError(f"{path}: no split {split!r} (has {', '.join(manifest['splits'])})")
     cls = ParquetSource if manifest["format"] == "parquet" else WebDatasetSource
@@ -192,10 +188,7 @@ class WebDatasetSource(Source):
         super().__init__(*args, **kwargs)
         self._cache: OrderedDict = OrderedDict()  # shard -> index
         self._files: OrderedDict = OrderedDict()  # shard -> open file
-        json_features = self.manifest["features"].get("json", {})
-        # a list of images F is written as members F_0.<ext>, F_1.<ext>, ... and described by F_info
-        self._image_lists = {n[: -len("_info")] for n, f in json_features.items()
-                             if n.endswith("_info") and isinstance(f, dict) and f.get("_type") in ("List", "Sequence")}
+        self._layout = MemberLayout.from_manifest(self.manifest)
 
     def _index(self, s: int) -> list:
         if s not in self._cache:
@@ -232,27 +225,5 @@ class WebDatasetSource(Source):
         span = f.read(end - start)
         if len(span) != end - start:
             raise ShardError(f"{self.shard_url(s)}: sample {key} ends past the end of the file")
-        sample: dict[str, Any] = {"key": key}
-        lists: dict[str, dict[int, bytes]] = {}
-        for suffix, offset, size in members:
-            data = span[offset - start: offset - start + size]
-            stem, _, ext = suffix.rpartition(".")
-            if suffix == "txt":
-                sample["text"] = data.decode("utf-8")
-            elif ext == "txt":  # an extra text member KEY.<name>.txt, as a string under "<name>.txt"
-                sample[suffix] = data.decode("utf-8")
-            elif suffix == "json":
-                sample.update(json.loads(data))
-            elif not stem:  # the primary image: KEY.<ext>
-                sample["image"] = data
-            elif ext in ("jpg", "png", "webp"):
-                base, _, num = stem.rpartition("_")
-                if base in self._image_lists and num.isdigit():
-                    lists.setdefault(base, {})[int(num)] = data
-                else:
-                    sample[stem] = data
-            else:
-                sample[suffix] = data
-        for base, items in lists.items():
-            sample[base] = [items[i] for i in sorted(items)]
-        return sample
+        return self._layout.sample(key, ((suffix, span[offset - start: offset - start + size])
+                                              for suffix, offset, size in members))

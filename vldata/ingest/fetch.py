@@ -42,7 +42,7 @@ from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .image import sniff
+from vldata.ingest.image import sniff
 
 SCHEMES = ("http", "https")
 USER_AGENT = "vldata/0.1 (vision-language dataset builder; honours X-Robots-Tag noai)"

@@ -13,7 +13,8 @@ data) starts it in ``sample_services``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,14 +22,10 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from . import fetch as fetch_mod
-from . import image as image_mod
-from .schema import Image, Record
-
-
-class StructuralError(Exception):
-    """The input or the configuration is unusable as a whole; the message is one line naming the
-    file, column or key. Raised before any work starts."""
+from vldata.ingest import fetch as fetch_mod
+from vldata.ingest import image as image_mod
+from vldata.describe.schema import Image, Record
+from vldata.errors import StructuralError
 
 
 class Config(BaseModel):
@@ -73,6 +70,15 @@ class Filtered:
 Outcome = Record | Failed | Filtered
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A row that passed its checks and waits for its download (``RowContext.fetch_in_order``):
+    ``request`` is fetched, then ``finish(result)`` turns the result into the row's outcome."""
+
+    request: fetch_mod.FetchRequest | str | None
+    finish: Callable[[fetch_mod.FetchResult], Outcome]
+
+
 @dataclass
 class RowContext:
     """Per-partition services for ``Builder.records``: image loading, fetching and counted notes."""
@@ -89,7 +95,7 @@ class RowContext:
     def fetch_many(self, requests: Iterable[fetch_mod.FetchRequest | str | None],
                    policy: fetch_mod.FetchPolicy | None = None,
                    mirror: str | Path | None = None) -> Iterator[fetch_mod.FetchResult]:
-        """Download URLs concurrently (see ``vldata.fetch``); yields one result per request, in
+        """Download URLs concurrently (see ``vldata.ingest.fetch``); yields one result per request, in
         request order, so ``records()`` can stay a generator in input order. Retries and bytes read
         from ``mirror`` are noted (``fetch_retries``, ``fetched_from_mirror``)."""
         for result in fetch_mod.fetcher(policy, mirror).fetch_many(requests):
@@ -98,6 +104,31 @@ class RowContext:
             if result.source == "mirror" and result.ok:
                 self.note("fetched_from_mirror")
             yield result
+
+    def fetch_in_order(self, plans: Iterable[Outcome | Pending], policy: fetch_mod.FetchPolicy | None = None,
+                       mirror: str | Path | None = None) -> Iterator[Outcome]:
+        """The outcomes of a partition's rows in input order: a ``Failed`` or ``Filtered`` passes
+        through, and each ``Pending`` row gets ``finish(result)`` with its download. Downloads run
+        concurrently (``fetch_many``); rows with equal requests share one download, whose result is
+        kept only until its last row."""
+        plans = list(plans)
+        uses: dict = {}
+        for plan in plans:
+            if isinstance(plan, Pending):
+                uses[plan.request] = uses.get(plan.request, 0) + 1
+        results = self.fetch_many(list(uses), policy, mirror)  # distinct requests, in first-use order
+        held: dict = {}
+        for plan in plans:
+            if not isinstance(plan, Pending):
+                yield plan
+                continue
+            result = held[plan.request] if plan.request in held else next(results)
+            uses[plan.request] -= 1
+            if uses[plan.request]:
+                held[plan.request] = result
+            else:
+                held.pop(plan.request, None)
+            yield plan.finish(result)
 
     def note(self, reason: str, n: int = 1) -> None:
         """Count something worth reporting that did not cost a row (e.g. a secondary image missing)."""
@@ -115,6 +146,9 @@ class Builder:
     # top-level scalar fields whose per-row values and counts are saved at build time, so that
     # loaders can balance by them (MetaCLIP-style caps) without scanning the data
     balance_fields: ClassVar[tuple[str, ...]] = ()
+    # the datasheet YAML, relative to the folder of the module that defines the builder (a third-party
+    # package ships its card beside its code); empty: vldata's own ``cards/<name>.yaml``
+    card: ClassVar[str] = ""
     # a folder the engine lends for intermediate files (``OUT/build/scratch``), set before
     # ``partitions`` is called: kept for ``--resume``, removed when the build completes
     scratch: Path | None = None
@@ -158,12 +192,15 @@ class Builder:
 
     def sample_services(self, raw: Path) -> contextlib.AbstractContextManager:
         """What the sample written by ``write_sample`` needs running while it is built, e.g. the
-        loopback HTTP server that its URLs point at (``vldata.loopback.serve_sample``). Nothing by
+        loopback HTTP server that its URLs point at (``vldata.ingest.loopback.serve_sample``). Nothing by
         default; real raw input never needs it."""
         return contextlib.nullcontext()
 
     def card_path(self) -> Path:
-        """The builder's datasheet YAML."""
-        from .card import card_file
+        """The builder's datasheet YAML: ``card`` beside the builder's module, else the card that
+        ships with vldata under the builder's name."""
+        from vldata.describe.card import card_file
 
+        if self.card:
+            return Path(sys.modules[type(self).__module__].__file__).parent / self.card
         return card_file(self.name)

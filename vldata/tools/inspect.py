@@ -4,7 +4,8 @@
 splits, shards, sizes, accounting, per-field statistics (counts, top values) and text-length and
 image-size histograms as text. ``read_samples`` picks a deterministic, evenly spaced set of samples
 (key, text, primary image bytes) from the parquet folder when there is one, else from the webdataset
-tars; ``contact_sheet`` turns them into pictures. This module only reads.
+tars, through ``read.source`` like any loader; ``contact_sheet`` turns them into pictures. This
+module only reads and never parses a shard itself beyond parquet column statistics.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .output import read_manifest
-from .schema import IMAGE_EXTENSIONS
-from .validate import format_folders
-
-_PRIMARY_EXTENSIONS = frozenset(IMAGE_EXTENSIONS.values())
+from vldata.layout import format_folders, read_manifest, stats_file
+from vldata.read.source import open as open_source
 
 
 @dataclass(frozen=True)
@@ -49,14 +46,14 @@ def human_size(n: float) -> str:
 
 def _preferred_folder(path: Path) -> Path | None:
     """The parquet folder of a build when it has one, else its webdataset folder."""
-    folders = format_folders(path)
-    return next((f for f in folders if read_manifest(f)["format"] == "parquet"), folders[0] if folders else None)
+    folders = format_folders(path)  # parquet first
+    return Path(folders[0]) if folders else None
 
 
 def summary(path: str | Path, max_values: int = 5) -> str:
     path = Path(path)
     lines = []
-    folders = format_folders(path)
+    folders = [Path(f) for f in format_folders(path)]
     if not folders:
         return f"{path}: not a vldata build"
     for folder in folders:
@@ -65,7 +62,7 @@ def summary(path: str | Path, max_values: int = 5) -> str:
         for split, info in m["splits"].items():
             lines.append(f"  {split}: {info['num_samples']} samples in {len(info['shards'])} shards, "
                          f"{human_size(info['num_bytes'])}")
-    stats_path = (path if len(folders) > 1 or folders[0] != path else path.parent) / "build" / "stats.json"
+    stats_path = Path(stats_file(path))
     if stats_path.exists():
         stats = json.loads(stats_path.read_text())
         lines.append("accounting (input_rows = written + failed + filtered + duplicates):")
@@ -125,9 +122,9 @@ def _sizes(folder: Path, manifest: dict) -> tuple[list[int], list[int], list[int
         return lengths, widths, heights
     from PIL import Image
 
-    for _split, _key, members in _tar_samples(folder, manifest):
-        lengths.append(len(members.get("txt", b"").decode("utf-8", "replace")))
-        image = _primary_member(members)
+    for _split, sample in _samples(folder, manifest):
+        lengths.append(len(sample.get("text") or ""))
+        image = sample.get("image")
         if image is not None:
             try:
                 w, h = Image.open(io.BytesIO(image)).size
@@ -193,68 +190,22 @@ def read_samples(path: str | Path, n: int = 16) -> tuple[dict, list[Sample]]:
     if folder is None:
         raise FileNotFoundError(f"{path}: not a vldata build")
     manifest = read_manifest(folder)
-    shards = [(split, s) for split, info in manifest["splits"].items() for s in info["shards"]]
-    wanted = pick(sum(s["num_samples"] for _, s in shards), n)
-    if manifest["format"] == "parquet":
-        return manifest, _parquet_samples(folder, manifest, shards, wanted)
-    chosen = set(wanted)
-    tar_samples = _tar_samples(folder, manifest, limit=max(chosen, default=-1) + 1)
-    samples = [Sample(key, split, members.get("txt", b"").decode("utf-8", "replace"), _primary_member(members))
-               for i, (split, key, members) in enumerate(tar_samples) if i in chosen]
-    return manifest, samples
+    total = sum(info["num_samples"] for info in manifest["splits"].values())
+    wanted = pick(total, n)
+    chosen = [(split, s) for i, (split, s) in enumerate(_samples(folder, manifest, wanted))]
+    return manifest, [Sample(s["key"], split, s.get("text") or "", s.get("image")) for split, s in chosen]
 
 
-def _parquet_samples(folder: Path, manifest: dict, shards: list[tuple[str, dict]], wanted: list[int]) -> list[Sample]:
-    image_column = manifest["primary_image"]
-    samples: list[Sample] = []
+def _samples(folder: Path, manifest: dict, wanted: list[int] | None = None) -> Iterator[tuple[str, dict]]:
+    """(split, sample) of the global indices ``wanted`` (all when None), counted over the splits in
+    manifest order, read through ``read.source``."""
     start = 0
-    for split, shard in shards:
-        local = [i - start for i in wanted if start <= i < start + shard["num_samples"]]
-        start += shard["num_samples"]
+    for split, info in manifest["splits"].items():
+        size = info["num_samples"]
+        local = range(size) if wanted is None else [i - start for i in wanted if start <= i < start + size]
+        start += size
         if not local:
             continue
-        pf = pq.ParquetFile(folder / shard["path"])
-        offset = 0
-        for group in range(pf.num_row_groups):
-            rows = pf.metadata.row_group(group).num_rows
-            take = [i - offset for i in local if offset <= i < offset + rows]
-            offset += rows
-            if not take:
-                continue
-            table = pf.read_row_group(group, columns=["key", "text", image_column]).take(take)
-            for row in table.to_pylist():
-                image = row[image_column]
-                samples.append(Sample(row["key"], split, row["text"] or "", image["bytes"] if image else None))
-    return samples
-
-
-def _tar_samples(folder: Path, manifest: dict, limit: int | None = None) -> Iterator[tuple[str, str, dict[str, bytes]]]:
-    """(split, key, {suffix: bytes}) of the samples of every tar, in manifest order; members of one
-    sample are contiguous, so a sample is complete when the next key starts."""
-    count = 0
-    for split, info in manifest["splits"].items():
-        for shard in info["shards"]:
-            key, members = None, {}
-            with tarfile.open(folder / shard["path"], "r") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    base = member.name.rsplit("/", 1)[-1]
-                    k, _, suffix = base.partition(".")
-                    if k != key:
-                        if key is not None:
-                            yield split, key, members
-                            count += 1
-                            if limit is not None and count >= limit:
-                                return
-                        key, members = k, {}
-                    members[suffix] = tar.extractfile(member).read()
-            if key is not None:
-                yield split, key, members
-                count += 1
-                if limit is not None and count >= limit:
-                    return
-
-
-def _primary_member(members: dict[str, bytes]) -> bytes | None:
-    return next((data for suffix, data in members.items() if suffix in _PRIMARY_EXTENSIONS), None)
+        source = open_source(folder, split=split)
+        for i in local:
+            yield split, source[i]

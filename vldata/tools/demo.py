@@ -3,7 +3,7 @@
 For each builder: write its sample raw input, build both formats (``vldata.build`` runs the
 services a sample needs, such as the loopback HTTP server of a URL-based sample), validate what was built,
 and print the accounting and a summary; then mix all of them and load a few decoded batches
-through a two-worker DataLoader. Usage: ``python -m vldata.demo OUT_DIR``.
+through a two-worker DataLoader. Usage: ``python -m vldata.tools.demo OUT_DIR``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import api, registry
-from .inspect import summary
-from .validate import validate
+from vldata.write import api, registry
+from vldata.tools.inspect import summary
+from vldata.tools.validate import validate
 
 
 def main(out: str = "demo-out") -> int:
@@ -48,9 +48,9 @@ def load_a_few_batches(root: Path, names: list[str], batches: int = 3) -> None:
 
     from torch.utils.data import DataLoader
 
-    from .mix import Mix
-    from .source import open as open_source
-    from .torch_dataset import TorchDataset
+    from vldata.read.mix import Mix
+    from vldata.read.source import open as open_source
+    from vldata.read.torch_dataset import TorchDataset
 
     mix = Mix({n: open_source(root / n / "out") for n in names}, seed=0, stop="all_exhausted")
     ds = TorchDataset(mix, batch_size=8, decode="cpu", image_size=64, seed=0)

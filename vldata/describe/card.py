@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from . import hub_vocab
+from vldata.describe import hub_vocab
 
 if TYPE_CHECKING:
     import datasets
@@ -246,13 +246,13 @@ def card_file(name: str) -> Path:
             return Path(str(resource))
     except (ModuleNotFoundError, TypeError):
         pass
-    return Path(__file__).resolve().parents[1] / "cards" / f"{name}.yaml"
+    return Path(__file__).resolve().parents[2] / "cards" / f"{name}.yaml"
 
 
 def load_datasheet(path: str | Path) -> Datasheet:
     """Read and validate a datasheet; problems raise ``StructuralError`` with one line naming the file
     and the question as a dotted path."""
-    from .builder import StructuralError
+    from vldata.errors import StructuralError
 
     path = Path(path)
     try:

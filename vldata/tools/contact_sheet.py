@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .inspect import Sample, read_samples
+from vldata.tools.inspect import Sample, read_samples
 
 BACKGROUND = (255, 255, 255)
 CELL = (236, 236, 236)

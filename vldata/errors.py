@@ -1,0 +1,17 @@
+"""The exceptions every side of vldata raises; a leaf module that imports nothing.
+
+``StructuralError`` is the one-line refusal of unusable input or settings before any work starts (the
+CLI prints it and exits 2); ``ShardError`` names a shard that cannot be read as its manifest says.
+Row-level problems are never exceptions: they are counted outcomes (``write.builder.Failed``).
+"""
+
+from __future__ import annotations
+
+
+class StructuralError(Exception):
+    """The input or the configuration is unusable as a whole; the message is one line naming the
+    file, column or key. Raised before any work starts."""
+
+
+class ShardError(RuntimeError):
+    """A shard cannot be read as the manifest describes it (truncated, missing, altered)."""

@@ -1,0 +1,271 @@
+"""The output contract as data: the names and shapes of what a build writes, in one place.
+
+Everything another program relies on when it reads a build is decided here: the format folder names
+and the manifest's file name, the shard, member-index, values and side-table file names, the sample
+key rule, how a record's fields become the members of a webdataset sample (and back), how to find the
+format folders of OUT, how to read a manifest, and how files are replaced atomically. The writer,
+the reader, ``validate`` and ``inspect`` all use these definitions, so the contract is typed once.
+
+A leaf module: it imports nothing from vldata but ``errors`` and knows no dataset, no Record class
+and no pyarrow; a Record's member layout is derived from the Record by ``describe.schema``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+MANIFEST = "vldata.json"
+MANIFEST_VERSION = 1
+FORMATS = ("parquet", "webdataset")  # the order in which a build writes them
+READ_PREFERENCE = ("webdataset", "parquet")  # which one ``open(OUT)`` reads when OUT holds both
+BUILD_DIR = "build"
+STATS = "stats.json"  # in BUILD_DIR
+FAILURES = "failures.parquet"  # in BUILD_DIR
+PLAN = "plan.json"  # in BUILD_DIR
+CARD_FILES = ("README.md", "croissant.json")  # beside the manifest in every format folder
+
+KEY_PATTERN = r"^[A-Za-z0-9_-]+$"
+_KEY_RE = re.compile(KEY_PATTERN)
+IMAGE_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # sniffed format -> member suffix
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS.values())
+
+
+def valid_key(key: str) -> bool:
+    """A sample key: non-empty, only ``[A-Za-z0-9_-]`` (safe in tar member names and URLs)."""
+    return bool(_KEY_RE.match(key))
+
+
+def safe_key(text: str) -> str:
+    """``text`` with every character a key may not hold replaced by ``_`` (``"invalid"`` when empty)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "invalid"
+
+
+# --------------------------------------------------------------------------------------------
+# File names inside a format folder (all relative to it)
+
+
+def parquet_shard(split: str, i: int, n: int) -> str:
+    return f"data/{split}-{i:05d}-of-{n:05d}.parquet"
+
+
+def tar_shard(split: str, i: int) -> str:
+    return f"{split}-{i:06d}.tar"
+
+
+def member_index(tar: str) -> str:
+    """The member index beside a tar: byte offset and size of every member, by sample."""
+    return tar.removesuffix(".tar") + ".idx.json"
+
+
+MEMBER_INDEX_FORMAT = "vldata-tar-index-1"
+
+
+def data_files(fmt: str, split: str) -> str:
+    """The glob that selects one split's shards (the card's ``configs`` entry)."""
+    return f"data/{split}-*.parquet" if fmt == "parquet" else f"{split}-*.tar"
+
+
+def values_file(split: str) -> str:
+    return f"values/{split}.parquet"
+
+
+def table_file(name: str) -> str:
+    return f"tables/{name}.parquet"
+
+
+def inside(rel: str) -> bool:
+    """Whether a path from a manifest is relative and stays inside its folder."""
+    p = PurePosixPath(rel)
+    return bool(rel) and "\\" not in rel and not p.is_absolute() and ".." not in p.parts and ":" not in p.parts[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and reading format folders (local paths or any fsspec filesystem)
+
+
+def _local_fs():
+    from fsspec.implementations.local import LocalFileSystem
+
+    return LocalFileSystem()
+
+
+def format_folders(root: str | Path, fs=None, unfinished: bool = False,
+                   order: tuple[str, ...] = FORMATS) -> list[str]:
+    """The format folders of OUT (``root`` itself when it is one), in ``order``. A folder counts when
+    it has a manifest; with ``unfinished``, also when it merely exists (so that a caller can say the
+    manifest is missing). Works over http too, where folders cannot be listed."""
+    fs = fs or _local_fs()
+    root = str(root).rstrip("/") or "/"
+    if fs.exists(f"{root}/{MANIFEST}"):
+        return [root]
+    return [f"{root}/{f}" for f in order
+            if fs.exists(f"{root}/{f}/{MANIFEST}") or (unfinished and fs.isdir(f"{root}/{f}"))]
+
+
+def read_manifest(folder: str | Path, fs=None) -> dict:
+    fs = fs or _local_fs()
+    with fs.open(f"{str(folder).rstrip('/')}/{MANIFEST}", "rb") as f:
+        return json.load(f)
+
+
+def stats_file(root: str | Path, fs=None) -> str:
+    """OUT/build/stats.json, for OUT or for one of its format folders (a folder with a manifest)."""
+    fs = fs or _local_fs()
+    root = str(root).rstrip("/") or "/"
+    out = root.rsplit("/", 1)[0] if fs.exists(f"{root}/{MANIFEST}") else root
+    return f"{out}/{BUILD_DIR}/{STATS}"
+
+
+# --------------------------------------------------------------------------------------------
+# Writing files
+
+
+def atomic_write(path: Path, data: bytes | str, fsync: bool = False) -> None:
+    """Replace ``path`` with ``data`` in one step: readers see the old file or the new one, never a
+    part. The temporary name carries the pid: an orphaned worker may still be writing its own."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def stream_sha256(f) -> str:
+    """sha256 of what remains in the binary file object ``f`` (local or fsspec), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return stream_sha256(f)
+
+
+# --------------------------------------------------------------------------------------------
+# Webdataset members
+
+
+@dataclass(frozen=True)
+class MemberLayout:
+    """How a record's fields become the members of its webdataset sample, and back.
+
+    ``KEY.<ext>`` is the primary image (field ``primary``), ``KEY.<field>.<ext>`` another image field,
+    ``KEY.<field>_<i>.<ext>`` item i of a list of images, ``KEY.txt`` the main text,
+    ``KEY.<suffix>.txt`` an extra text member (``texts``: suffix -> field) and ``KEY.json`` every other
+    field. The writer builds it from the Record (``describe.schema.member_layout``); readers build it
+    from a manifest (``from_manifest``), which gives the same images and lists.
+    """
+
+    primary: str = "image"
+    images: tuple[str, ...] = ("image",)  # every image field (the primary too), in declaration order
+    image_lists: tuple[str, ...] = ()  # those of ``images`` that are lists of images
+    texts: tuple[tuple[str, str], ...] = ()  # (member suffix, field)
+
+    # -- writing: a parquet-shaped row (image fields as {bytes, path} plus F_info) -> members
+
+    def members(self, row: dict[str, Any], json_member: bytes) -> dict[str, bytes]:
+        """Members of one sample in the order they are written: image fields in declaration order
+        (a missing image has no member), txt, text members, json."""
+        out: dict[str, bytes] = {}
+        for name in self.images:
+            value, info = row.get(name), row.get(f"{name}_info")
+            if value is None:
+                continue
+            if name in self.image_lists:
+                for i, (img, inf) in enumerate(zip(value, info)):
+                    out[f"{name}_{i}.{IMAGE_EXTENSIONS[inf['format']]}"] = img["bytes"]
+            else:
+                ext = IMAGE_EXTENSIONS[info["format"]]
+                out[ext if name == self.primary else f"{name}.{ext}"] = value["bytes"]
+        out["txt"] = row["text"].encode("utf-8")
+        for suffix, name in self.texts:
+            if row.get(name) is not None:
+                out[f"{suffix}.txt"] = row[name].encode("utf-8")
+        out["json"] = json_member
+        return out
+
+    # -- reading: members -> the sample dict every Source returns
+
+    def sample(self, key: str, members: Iterable[tuple[str, bytes]]) -> dict[str, Any]:
+        """``key``, ``text``, ``image`` (primary bytes), other images under their field name (lists in
+        order), extra text members under ``<suffix>.txt`` and the fields of ``.json``."""
+        sample: dict[str, Any] = {"key": key}
+        lists: dict[str, dict[int, bytes]] = {}
+        for suffix, data in members:
+            stem, _, ext = suffix.rpartition(".")
+            if suffix == "txt":
+                sample["text"] = data.decode("utf-8")
+            elif suffix == "json":
+                sample.update(json.loads(data))
+            elif ext == "txt":
+                sample[suffix] = data.decode("utf-8")
+            elif not stem and ext in IMAGE_SUFFIXES:
+                sample["image"] = data
+            elif ext in IMAGE_SUFFIXES:
+                base, _, num = stem.rpartition("_")
+                if base in self.image_lists and num.isdigit():
+                    lists.setdefault(base, {})[int(num)] = data
+                else:
+                    sample[stem] = data
+            else:
+                sample[suffix] = data
+        for base, items in lists.items():
+            sample[base] = [items[i] for i in sorted(items)]
+        return sample
+
+    @staticmethod
+    def missing(suffixes: Iterable[str]) -> list[str]:
+        """What a sample with these member suffixes lacks of the required ones."""
+        have = set(suffixes)
+        missing = [m for m in ("txt", "json") if m not in have]
+        if not have & IMAGE_SUFFIXES:
+            missing.append("primary image")
+        return missing
+
+    @staticmethod
+    def primary_member(members: dict[str, bytes]) -> bytes | None:
+        return next((data for suffix, data in members.items() if suffix in IMAGE_SUFFIXES), None)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> MemberLayout:
+        """The layout of a webdataset folder, from its manifest's features (the ``.json`` member
+        describes every image field by its ``F_info``; text members are the ``<suffix>.txt`` features)."""
+        images, lists = [], []
+        for name, feature in manifest.get("features", {}).get("json", {}).items():
+            is_list = isinstance(feature, dict) and feature.get("_type") in ("List", "Sequence")
+            item = feature.get("feature") if is_list else feature
+            if name.endswith("_info") and isinstance(item, dict) and {"format", "sha256"} <= set(item):
+                images.append(name.removesuffix("_info"))
+                if is_list:
+                    lists.append(images[-1])
+        # text members are read by their suffix alone
+        return cls(manifest.get("primary_image", "image"), tuple(images), tuple(lists))
+
+
+def tar_samples(tar) -> Iterable[tuple[str, list[tuple[str, Any]]]]:
+    """Group the members of an open ``tarfile.TarFile`` by sample: (key, [(suffix, TarInfo), ...]).
+    A sample's members are contiguous; the key is the member name up to its first dot."""
+    key, members = None, []
+    for member in tar:
+        if not member.isfile():
+            continue
+        k, _, suffix = member.name.rsplit("/", 1)[-1].partition(".")
+        if k != key:
+            if key is not None:
+                yield key, members
+            key, members = k, []
+        members.append((suffix, member))
+    if key is not None:
+        yield key, members

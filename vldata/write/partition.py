@@ -1,0 +1,99 @@
+"""The map step: one partition's input rows -> its *part*, the same on every executor.
+
+A part is an Arrow stream of the partition's records in input order (each row also carries its
+``.json`` member and its payload size, so the reduce never rebuilds a Record) plus a ``done`` file
+with the outcome counts and failures. Writing the ``done`` file last commits the part: after a crash,
+a partition without one is redone. This is the only function executors run; it writes nothing but
+the part files and never decides shard boundaries, which belong to the reduce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+
+from vldata.describe import schema as sch
+from vldata.layout import MemberLayout, atomic_write
+from vldata.write.builder import Builder, Failed, Filtered, Partition, RowContext
+from vldata.write.report import SplitReport
+
+META_COLUMNS = [("__json__", pa.binary()), ("__nbytes__", pa.int64())]
+_BATCH_ROWS = 64
+
+
+def part_files(parts_dir: Path, index: int) -> tuple[Path, Path]:
+    """(Arrow stream, done document) of partition ``index``."""
+    return parts_dir / f"{index:05d}.arrow", parts_dir / f"{index:05d}.done.json"
+
+
+def is_committed(parts_dir: Path, index: int) -> bool:
+    return part_files(parts_dir, index)[1].exists()
+
+
+def part_schema(builder: Builder) -> pa.Schema:
+    base = sch.arrow_schema(builder.record_type())  # cached per Record type
+    return pa.schema(list(base) + [pa.field(n, t) for n, t in META_COLUMNS], metadata=base.metadata)
+
+
+def read_part(parts_dir: Path, index: int) -> Iterable[pa.RecordBatch]:
+    with pa.OSFile(str(part_files(parts_dir, index)[0]), "rb") as source:
+        yield from pa.ipc.open_stream(source)
+
+
+def read_done(parts_dir: Path, index: int) -> dict:
+    return json.loads(part_files(parts_dir, index)[1].read_text())
+
+
+def _row_of(record: sch.Record, layout: MemberLayout) -> dict:
+    row = sch.to_row(record)
+    row["__json__"] = sch.to_json_bytes(record)
+    # the sample's size as the shard writers count it: its webdataset members
+    row["__nbytes__"] = sum(len(b) for b in layout.members(row, row["__json__"]).values())
+    return row
+
+
+def build_partition(builder: Builder, part: Partition, parts_dir: Path) -> dict:
+    """Process one partition into ``parts_dir``; returns its ``done`` document."""
+    schema = part_schema(builder)
+    record_type = builder.record_type()
+    layout = sch.member_layout(record_type)
+    ctx = RowContext(builder.config)
+    report = SplitReport(input_rows=part.input_rows)
+    failures: list[dict] = []
+    rows: list[dict] = []
+    arrow, done_file = part_files(parts_dir, part.index)
+    tmp = arrow.with_name(f"{arrow.name}.{os.getpid()}.tmp")
+    seen = 0
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for outcome in islice(builder.records(part, ctx), part.input_rows):
+            seen += 1
+            if isinstance(outcome, (Failed, Filtered)):
+                kind = "failed" if isinstance(outcome, Failed) else "filtered"
+                report.add(kind, outcome.reason)
+                failures.append({"key": outcome.key, "outcome": kind, "reason": outcome.reason,
+                                 "message": outcome.message, "ref": outcome.ref})
+                continue
+            if type(outcome) is not record_type:
+                raise TypeError(f"{builder.name}.records yielded {type(outcome).__name__}, expected {record_type.__name__}")
+            report.written += 1
+            rows.append(_row_of(outcome, layout))
+            if len(rows) >= _BATCH_ROWS:
+                writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+                rows = []
+        if rows:
+            writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+    if seen != part.input_rows:
+        raise RuntimeError(f"{builder.name}: partition {part.index} announced {part.input_rows} input rows "
+                           f"but records() yielded {seen} outcomes")
+    os.replace(tmp, arrow)
+    report.notes = ctx.notes
+    done = {"index": part.index, "split": part.split, "report": report.as_dict(), "failures": failures}
+    atomic_write(done_file, json.dumps(done), fsync=True)  # last: it commits the part
+    return done
+
+
