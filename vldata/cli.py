@@ -2,6 +2,8 @@
 
 Structural problems (unknown builder, missing file or column, bad ``--set``) exit with status 2 and
 one line on stderr before any work starts; row-level problems are counted, never fatal.
+It parses arguments and prints; it must not hold logic of its own (each command is one call into
+``vldata.write`` or ``vldata.tools``), and only list, sample and build load the build side.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ Policy, the same for every builder:
   be shrunk is decoded at a reduced DCT scale (1/2, 1/4, 1/8, never below the target size) first,
   which makes large photos several times cheaper to decode.
 This module does no file or network I/O: callers hand it bytes.
+It must not fetch, write files or know a dataset; a failure is an ``ImageFailure`` value, never an
+exception.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 row starts, so that builders can put offsets rather than rows into their partitions and a worker can
 seek straight to its rows. Rows are parsed by Python's ``csv`` module (quoted fields with embedded
 newlines, no field-size limit), never by splitting lines. Knows no dataset.
+It must not interpret values: columns stay strings for the builder to parse.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ JPEGs are decoded by simplejpeg (libjpeg-turbo) at the smallest 1/2, 1/4 or 1/8 
 least the size needed, falling back to Pillow's ``draft`` (same idea, a little slower) for JPEGs it
 cannot take; other formats decode normally with Pillow. This
 module has no torch dependency; ``collate`` stacks arrays into a uint8 [B,3,H,W] tensor when asked.
+It must not read files or know about sources; it turns bytes into arrays and nothing else.
 """
 
 from __future__ import annotations

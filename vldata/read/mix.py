@@ -5,6 +5,8 @@ A ``Mix`` owns no order of its own: ``plan(...)`` returns the pure ``Plan`` for 
 training code can use for prefix conditioning of the text encoder. A single ``Source`` is a Mix of
 one. Weights are exact rationals (``plan.rational_weights``). With ``balance_by=FIELD, cap=N`` each
 epoch uses at most N samples of any value of FIELD (MetaCLIP-style), from values saved at build time.
+It must not decide order itself (``read.plan`` does, as a pure function) nor open files beyond
+asking its sources.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ source's count within one sample of ``weight × n`` in every prefix; whole perio
 position g is found in O(1) and resuming anywhere costs nothing. Each source's own order is a fresh
 permutation per pass (seeded by seed, epoch, source and pass) with bounded locality: shards in a
 random order, then samples shuffled within windows, so reads stay mostly sequential.
+This module must stay pure: numpy only, no files, no torch, no randomness outside the seeds it is
+given.
 """
 
 from __future__ import annotations

@@ -8,12 +8,14 @@ Rank and world come from explicit arguments or ``torch.distributed``; the worker
 ``image_sizes``, for ``vldata.decode_loader_batch`` on the GPU), ``text``, ``key`` and ``source``.
 Worker w of N produces the rank's batches
 w, w+N, ..., which is exactly the order in which DataLoader collects them, so the rank sees the
-plan's order whatever N is. The state is two integers, ``epoch`` and ``position`` (the next batch
-number); every worker restarts at the first of its batches at or after ``position``, which is right
-both for a rank-level state and for the per-worker states torchdata's ``StatefulDataLoader`` keeps.
-Resuming reads nothing that was skipped. Bad samples (an image that does not decode, no image) are
-skipped, counted and logged with their key; a shard that cannot be read raises ``ShardError`` naming
-it; ``max_consecutive_errors`` skipped samples in a row stop the run.
+plan's order whatever N is. The state is four integers: ``epoch`` and ``position`` (the next batch
+number) say where to resume, ``seed`` and ``world_size`` say which plan they refer to (a state of
+another plan is refused); every worker restarts at the first of its batches at or after
+``position``, which is right both for a rank-level state and for the per-worker states torchdata's
+``StatefulDataLoader`` keeps. Resuming reads nothing that was skipped. Bad samples (an image that
+does not decode, no image) are skipped, counted and logged with their key; a shard that cannot be
+read raises ``ShardError`` naming it; ``max_consecutive_errors`` skipped samples in a row stop the
+run. This module only iterates: it builds nothing and imports nothing from the write side.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ For each builder: write its sample raw input, build both formats (``vldata.build
 services a sample needs, such as the loopback HTTP server of a URL-based sample), validate what was built,
 and print the accounting and a summary; then mix all of them and load a few decoded batches
 through a two-worker DataLoader. Usage: ``python -m vldata.tools.demo OUT_DIR``.
+It must not do anything a user could not do with the public API: it only calls ``vldata.build``,
+``validate``, ``inspect``, ``Mix`` and ``TorchDataset``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The Python entry points for building: the same code path as ``vldata build``."""
+"""``vldata.build``: the Python entry point for building, the same code path as ``vldata build``.
+
+It stages remote raw input, runs the engine and uploads remote output; it must not hold build logic
+of its own.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ applies the shared image policy, and URLs are downloaded through ``RowContext.fe
 fetches concurrently but yields in input order. Sharding, writing, retries and resumption belong to
 the engine. A builder whose sample needs a running service (a loopback HTTP server for URL-based
 data) starts it in ``sample_services``.
+It must not do I/O for builders: sharding, writing, retries and resumption belong to the engine.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ whose worker died (``max_retries``) or that raised (``retry_exceptions``); a par
 from a successful attempt, so a retried partition gives the same part. The driver connects to the
 cluster named by ``RAY_ADDRESS`` (or an already initialised Ray), else starts a local one with
 ``workers`` CPUs. The raw input must be readable at the same path on every node.
+An executor must not order, count or write anything but parts.
 """
 
 from __future__ import annotations

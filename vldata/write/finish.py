@@ -2,8 +2,8 @@
 
 The manifest ``vldata.json`` is the one file a reader needs: builder, version, config, the Record's
 features, and per split the shards with sample counts, bytes and sha256. It is written last, so a
-folder with a manifest is complete. This module decides file names and contents of the output
-contract; it does not write shards.
+folder with a manifest is complete. This module writes the contents of those
+files (their names come from ``vldata.layout``); it does not write shards.
 """
 
 from __future__ import annotations

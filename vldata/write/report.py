@@ -3,6 +3,7 @@
 ``SplitReport`` counts one split (the map counts per partition, the reduce adds duplicates and sums
 the partitions); ``BuildReport`` is what ``vldata.build`` returns and the CLI prints. Plain counters:
 no I/O, no knowledge of formats or datasets.
+They must not do I/O.
 """
 
 from __future__ import annotations

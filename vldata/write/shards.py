@@ -6,6 +6,7 @@ workers produced it. Shards are written under temporary names in a staging folde
 final names (which carry the shard count) by ``finish``. Parquet goes through pyarrow, tars through
 the standard ``tarfile`` module with fixed member metadata so that identical input gives identical
 bytes (not webdataset's TarWriter: importing webdataset imports torch, 300+ MB in every build process).
+They must not know which builder produced the rows; file names come from ``vldata.layout``.
 """
 
 from __future__ import annotations

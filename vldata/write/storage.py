@@ -8,6 +8,7 @@ every shard and side file first, each format folder's ``vldata.json`` last. A re
 therefore complete exactly when its manifest exists (readers need nothing else); ``--overwrite``
 deletes the remote manifests before anything else is replaced. The work folder is kept until the
 upload finished, so an interrupted build or upload is finished by ``--resume``.
+It must not build: it only moves finished files.
 """
 
 from __future__ import annotations
