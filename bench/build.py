@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
-    from builders.scin import write_sample
+    from builders.scin.sample import write_sample
 
     print(f"{'cases':>7} {'workers':>7} {'cases/s':>9} {'cpu-ms/case':>12} {'peak RSS MB':>12}  (peak RSS: largest process of the build)")
     with tempfile.TemporaryDirectory() as tmp:

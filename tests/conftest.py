@@ -29,7 +29,7 @@ def shard_hashes(out: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def scin_raw(tmp_path_factory) -> Path:
-    from builders.scin import write_sample
+    from builders.scin.sample import write_sample
 
     raw = tmp_path_factory.mktemp("scin_raw")
     write_sample(raw, n=40, seed=7)

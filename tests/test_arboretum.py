@@ -17,13 +17,14 @@ import pytest
 from PIL import Image as PILImage
 
 import vldata
-from builders.arboretum import SCHEMA, TEXT_TYPES, write_sample
+from builders.arboretum import TEXT_TYPES
+from builders.arboretum.sample import SCHEMA, write_sample
 from conftest import run_cli, shard_hashes, read_without_vldata
 from vldata.tools.validate import validate
 
 SHARDS = {"parquet": 20_000, "webdataset": 30_000}
 
-STEATODA = {  # RAW_FORMATS §5.2, real arbor_process output for photo 22295
+STEATODA = {  # docs/RAW_FORMATS.md §5.2, real arbor_process output for photo 22295
     "com": "a photo of False Black Widow.",
     "common_name": "False Black Widow.",
     "sci": "a photo of Steatoda grossa.",

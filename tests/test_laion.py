@@ -16,7 +16,8 @@ import pytest
 from PIL import Image as PILImage
 
 import vldata
-from builders.laion import column_set, write_sample
+from builders.laion import column_set
+from builders.laion.sample import DATACOMP, LAION400M, write_sample
 from conftest import run_cli, read_without_vldata
 from fakes.audit import recording
 from fakes.http_server import ImageServer, encode
@@ -25,9 +26,6 @@ from vldata.tools.validate import validate
 FETCH = {"threads": 8, "per_host": 8, "read_timeout": 0.5, "connect_timeout": 2, "retries": 1, "backoff": 0.05,
          "max_retry_after": 5, "max_bytes": 1 << 20}
 
-LAION400M = pa.schema([("SAMPLE_ID", pa.int64()), ("URL", pa.string()), ("TEXT", pa.string()), ("HEIGHT", pa.int32()),
-                       ("WIDTH", pa.int32()), ("LICENSE", pa.string()), ("NSFW", pa.string()),
-                       ("similarity", pa.float64())])
 LAION2B_MULTI = pa.schema([("SAMPLE_ID", pa.int64()), ("URL", pa.string()), ("TEXT", pa.string()),
                            ("HEIGHT", pa.float64()), ("WIDTH", pa.float64()),  # float in some re-exports
                            ("LICENSE", pa.string()), ("LANGUAGE", pa.string()), ("NSFW", pa.string()),
@@ -35,10 +33,6 @@ LAION2B_MULTI = pa.schema([("SAMPLE_ID", pa.int64()), ("URL", pa.string()), ("TE
 JOINED = pa.schema([("URL", pa.string()), ("TEXT", pa.string()), ("WIDTH", pa.int32()), ("HEIGHT", pa.int32()),
                     ("similarity", pa.float64()), ("hash", pa.int64()), ("punsafe", pa.float32()),
                     ("pwatermark", pa.float32()), ("LANGUAGE", pa.string())])
-DATACOMP = pa.schema([("uid", pa.string()), ("url", pa.string()), ("text", pa.string()),
-                      ("original_width", pa.int64()), ("original_height", pa.int64()),
-                      ("clip_b32_similarity_score", pa.float32()), ("clip_l14_similarity_score", pa.float32()),
-                      ("face_bboxes", pa.list_(pa.list_(pa.float64()))), ("sha256", pa.string())])
 
 
 def laion_row(i: int, url: str | None, **over) -> dict:

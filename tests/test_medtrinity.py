@@ -18,7 +18,7 @@ import zstandard
 from PIL import Image as PILImage
 
 import vldata
-from builders.medtrinity import CAPTIONS, write_sample
+from builders.medtrinity.sample import CAPTIONS, write_sample
 from conftest import run_cli, shard_hashes, read_without_vldata
 
 SMALL = ["--parquet-shard-size", "8KB", "--tar-shard-size", "12KB", "--set", "rows_per_partition=1"]

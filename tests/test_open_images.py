@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import vldata
-from builders.open_images import LEADING_ZEROS_ID, ORPHAN_NARRATIVE_ID, write_sample
+from builders.open_images.sample import LEADING_ZEROS_ID, ORPHAN_NARRATIVE_ID, write_sample
 from conftest import run_cli, shard_hashes, read_without_vldata
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 
@@ -12,14 +11,14 @@ import pytest
 from PIL import Image as PILImage
 
 import vldata
-from builders.scin import CASE_COLUMNS, LABEL_COLUMNS, write_sample
+from vldata.ingest import synthetic
+from builders.scin.columns import CASE_COLUMNS, LABEL_COLUMNS
+from builders.scin.sample import write_sample
 from conftest import run_cli
 
 
 def png_bytes(w=16, h=12, colour=(200, 150, 120)) -> bytes:
-    buf = io.BytesIO()
-    PILImage.new("RGB", (w, h), colour).save(buf, format="PNG")
-    return buf.getvalue()
+    return synthetic.encode(PILImage.new("RGB", (w, h), colour))
 
 
 def write_scin(raw: Path, cases: list[dict], labels: list[dict], images: dict[str, bytes],
@@ -36,7 +35,7 @@ def write_scin(raw: Path, cases: list[dict], labels: list[dict], images: dict[st
             w.writerows(rows)
 
 
-REAL_CASE = {  # values of a real row printed in RAW_FORMATS.md §6.4 (plus a second and third image)
+REAL_CASE = {  # values of a real row printed in docs/RAW_FORMATS.md §6.4 (plus a second and third image)
     "case_id": "-1000600354148496558", "source": "SCIN", "release": "1.0.0", "year": "2023",
     "age_group": "AGE_UNKNOWN", "sex_at_birth": "OTHER_OR_UNSPECIFIED", "fitzpatrick_skin_type": "",
     "race_ethnicity_white": "YES", "textures_flat": "YES", "body_parts_arm": "YES", "body_parts_leg": "YES",

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image as PILImage
 
 import vldata
-from builders.wit import COLUMNS, choose_caption, strip_language_label, write_sample
+from builders.wit import COLUMNS, choose_caption, strip_language_label
+from builders.wit.sample import write_sample
 from conftest import run_cli, shard_hashes, read_without_vldata
 from vldata.ingest import loopback
 from vldata.tools.validate import validate

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from vldata.describe import schema
 from vldata.describe.schema import Image, Record
+from vldata.ingest import synthetic
 
 
 class Color(enum.Enum):
@@ -44,9 +45,7 @@ SPLITS = {"train": 3, "test": 2}
 
 
 def png(seed: int) -> Image:
-    buf = io.BytesIO()
-    PILImage.new("RGB", (4 + seed, 3), (seed * 40 % 256, 10, 200)).save(buf, "PNG")
-    data = buf.getvalue()
+    data = synthetic.encode(PILImage.new("RGB", (4 + seed, 3), (seed * 40 % 256, 10, 200)))
     return Image(data=data, format="png", width=4 + seed, height=3, sha256=hashlib.sha256(data).hexdigest())
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 import types
 import typing
 from dataclasses import dataclass, field

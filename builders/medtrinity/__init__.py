@@ -12,16 +12,20 @@ to ``demo``, or to ``train`` when the raw folder has no 25M_full. Keys are the u
 demo row whose id is also in 25M_full counts as a ``duplicate_key`` of it), or ``sha1`` of
 ``source|file_name`` when the id is missing or not key-safe.
 
-The tars are streamed (zstandard ``stream_reader`` + tarfile ``r|``), never extracted. ``partitions``
-streams every shard once for its member names (an index basename -> (shard, position)); each shard
-then becomes one partition whose rows are ordered by the position of their image in the shard, so
-``records`` streams the shard once and holds one image at a time. Rows whose basename is in no shard
+The tars are streamed, never extracted (``shards``). ``partitions`` streams every shard once for its
+member names (an index basename -> (shard, position)); each shard then becomes one partition whose
+rows are ordered by the position of their image in the shard, so ``records`` streams the shard once
+and holds one image at a time. Rows whose basename is in no shard
 fail with ``image_not_accessible``; a truncated shard is noted as ``shard_truncated:<name>`` and the
 rows whose image lies past the break fail with ``shard_truncated``; the other shards build.
 
 The caption is kept whole as ``text``. No ROI boxes or masks are released as data, so ``roi_bbox`` and
 ``roi_mask`` stay null (they are never derived from the caption). ``license`` is the configured
-licence of the row's ``source`` (``source_licenses``), else ``license``, else null.
+licence of the row's ``source`` (``source_licenses``), else ``license``, else null. Raw format:
+docs/RAW_FORMATS.md §4. The synthetic sample is in ``sample``.
+
+This module is the dataset's description (Record, Config, how rows and members become records); a
+builder does no I/O plumbing, sharding, retries or format code.
 """
 
 from __future__ import annotations
@@ -29,9 +33,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import random
-import re
-import tarfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -42,13 +43,14 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from vldata import Builder, Config, Failed, Image, Partition, Record, RowContext, StructuralError
+from vldata.layout import valid_key
+
+from .shards import ShardTruncated, read_member, stream_members
 
 DEMO, FULL, ACCESSIBLE = "25M_demo", "25M_full", "25M_accessible"
 DEMO_COLUMNS = ("image", "id", "caption")
 FULL_COLUMNS = ("file_name", "caption")
 FULL_OPTIONAL = ("id", "source")
-_KEY_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
-_TAR_END = 1024  # a complete tar ends with two zero blocks
 
 
 class MedTrinityRecord(Record):
@@ -73,41 +75,6 @@ class MedTrinityConfig(Config):
     rows_per_partition: int = Field(default=1024, gt=0, description="Rows per unit of work for rows with no shard.")
 
 
-class ShardTruncated(Exception):
-    """A .tar.zst shard ended early (the 'Unexpected EOF' downloads of HF discussion #4)."""
-
-
-def stream_members(path: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
-    """Regular-file members of a ``.tar.zst`` in order, streamed; raises ShardTruncated at a break."""
-    import zstandard
-
-    with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for member in tar:
-                    if member.isfile():
-                        yield member, tar
-                end = tar.offset
-            # tarfile stops silently when the data ends exactly between members: require the end blocks
-            if reader.tell() + len(reader.read()) < end + _TAR_END:
-                raise ShardTruncated(f"{path.name}: truncated (no end-of-archive after {end} bytes)")
-        except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as e:
-            raise ShardTruncated(f"{path.name}: truncated or corrupt ({e})") from None
-
-
-def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: Path) -> bytes:
-    """The bytes of a member yielded by ``stream_members``; raises ShardTruncated at a break."""
-    import zstandard
-
-    try:
-        data = tar.extractfile(member).read()
-    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as e:
-        raise ShardTruncated(f"{shard.name}: truncated or corrupt inside {member.name} ({e})") from None
-    if len(data) != member.size:
-        raise ShardTruncated(f"{shard.name}: truncated inside {member.name}")
-    return data
-
-
 def _files(root: Path, pattern: str) -> list[Path]:
     return sorted(p for p in root.rglob(pattern) if p.is_file())
 
@@ -129,7 +96,7 @@ def _text_or_none(v) -> str | None:
 
 
 def _key(row_id: str | None, source: str | None, file_name: str | None, fallback: str) -> str:
-    if row_id and _KEY_SAFE.match(row_id):
+    if row_id and valid_key(row_id):
         return row_id
     basis = row_id if row_id else (f"{source}|{file_name}" if file_name else fallback)
     return hashlib.sha1(basis.encode()).hexdigest()[:16]
@@ -278,7 +245,7 @@ class MedTrinityBuilder(Builder):
                 if i < len(pending) and pending[i][0] == pos:
                     data = read_member(tar, member, shard)
                     while i < len(pending) and pending[i][0] == pos:
-                        yield self._full_record(rows[pending[i][1:]], data, shard.name, member.name, ctx)
+                        yield self._record(rows[pending[i][1:]], data, ctx, shard.name, member.name)
                         i += 1
         except ShardTruncated as e:
             for loc in pending[i:]:
@@ -289,164 +256,35 @@ class MedTrinityBuilder(Builder):
             _, ref, key = rows[loc[1:]]
             yield Failed(key, "image_not_accessible", f"{shard.name}: member no longer present", ref)
 
-    def _full_record(self, entry: tuple[dict, str, str], data: bytes, shard: str, member: str,
-                     ctx: RowContext) -> Record | Failed:
-        row, ref, key = entry
-        caption = _text_or_none(row.get("caption"))
-        if not caption:
-            return Failed(key, "caption_missing", "empty caption", ref)
-        img = ctx.image(data)
-        if not isinstance(img, Image):
-            return Failed(key, img.reason, f"{shard}:{member}: {img.message}", ref)
-        source = _text_or_none(row.get("source"))
-        return MedTrinityRecord(
-            key=key, text=caption, subset=FULL, id=_text_or_none(row.get("id")),
-            file_name=_text_or_none(row.get("file_name")), source=source, image=img, image_mode=_mode(data),
-            image_shard=shard, image_member=member, roi_bbox=None, roi_mask=None,
-            license=self._license(source), raw=_raw_json(row))
-
     def _demo(self, p: dict, ctx: RowContext) -> Iterator[Record | Failed]:
         pf = pq.ParquetFile(p["file"])
         offset = sum(pf.metadata.row_group(i).num_rows for i in range(p["row_group"]))
         for ri, row in enumerate(pf.read_row_group(p["row_group"]).to_pylist()):
             ref = f"{p['rel']}:{offset + ri}"
-            row_id = _text_or_none(row.get("id"))
-            key = _key(row_id, None, None, ref)
-            caption = _text_or_none(row.get("caption"))
-            if not caption:
-                yield Failed(key, "caption_missing", "empty caption", ref)
-                continue
             image = row.get("image")
             data = image.get("bytes") if isinstance(image, dict) else None
-            img = ctx.image(data, "image struct has no bytes")
-            if not isinstance(img, Image):
-                yield Failed(key, img.reason, img.message, ref)
-                continue
-            yield MedTrinityRecord(
-                key=key, text=caption, subset=DEMO, id=row_id, file_name=None, source=None, image=img,
-                image_mode=_mode(data), image_shard=None, image_member=None, roi_bbox=None, roi_mask=None,
-                license=self.config.license, raw=_raw_json(row))
+            yield self._record((row, ref, _key(_text_or_none(row.get("id")), None, None, ref)), data, ctx)
 
-    def _license(self, source: str | None) -> str | None:
-        return self.config.source_licenses.get(source or "", self.config.license)
+    def _record(self, entry: tuple[dict, str, str], data: bytes | None, ctx: RowContext, shard: str | None = None,
+                member: str | None = None) -> Record | Failed:
+        """A 25M_full row with its shard member's bytes, or a 25M_demo row (no shard) with its image."""
+        row, ref, key = entry
+        caption = _text_or_none(row.get("caption"))
+        if not caption:
+            return Failed(key, "caption_missing", "empty caption", ref)
+        img = ctx.image(data, "image struct has no bytes")
+        if not isinstance(img, Image):
+            return Failed(key, img.reason, f"{shard}:{member}: {img.message}" if shard else img.message, ref)
+        full = shard is not None
+        source = _text_or_none(row.get("source")) if full else None
+        return MedTrinityRecord(
+            key=key, text=caption, subset=FULL if full else DEMO, id=_text_or_none(row.get("id")),
+            file_name=_text_or_none(row.get("file_name")) if full else None, source=source, image=img,
+            image_mode=_mode(data), image_shard=shard, image_member=member, roi_bbox=None, roi_mask=None,
+            license=self.config.source_licenses.get(source or "", self.config.license) if full else self.config.license,
+            raw=_raw_json(row))
 
     def write_sample(self, raw: Path, n: int, seed: int) -> None:
+        from .sample import write_sample
+
         write_sample(raw, n, seed)
-
-
-# ------------------------------------------------------------------------------------------
-# Sample generator: both layouts, with the real quirks
-
-SOURCES = ["pmc_oa", "brats_24", "brats24", "NCT-CRC-HE-100K", "chexpert", "quilt_1m", "deeplesion", "padchest"]
-CAPTIONS = [
-    "The image is a non-contrast computed tomography (CT) scan of the brain, showing the cerebral hemispheres, "
-    "ventricles, and subarachnoid spaces without any medical devices visible. The region of interest, located "
-    "centrally and in the middle of the image, exhibits an area of increased density compared to the surrounding "
-    "brain tissue, which is indicative of an intracranial hemorrhage.",
-    "The image is a histopathological slide stained with hematoxylin and eosin, showing colorectal tissue. The "
-    "region of interest, located in the upper-left area, occupies approximately 4.1% of the image area and shows "
-    "densely packed glands with irregular shapes, potentially representing adenocarcinoma.",
-    "The image is a frontal chest X-ray showing the lungs, heart and ribs. The region of interest, located in the "
-    "lower right lung field, occupies approximately 7.3% of the image area and appears more opaque than the "
-    "surrounding lung, which could suggest a consolidation adjacent to the diaphragm.",
-]
-SAMPLE_MODES = ["RGB", "P", "LA", "I;16", "L", "RGB"]
-
-
-def sample_image(rng: random.Random, mode: str, fmt: str = "PNG") -> bytes:
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-
-    w, h = rng.randint(24, 72), rng.randint(24, 72)
-    img = PILImage.new("RGB", (w, h), tuple(rng.randint(0, 80) for _ in range(3)))
-    draw = ImageDraw.Draw(img)
-    x, y = rng.randint(0, w // 2), rng.randint(0, h // 2)
-    draw.ellipse((x, y, x + w // 3, y + h // 3), fill=tuple(rng.randint(120, 255) for _ in range(3)))
-    if mode == "I;16":
-        img = img.convert("L").convert("I").point(lambda v: v * 257).convert("I;16")
-    elif mode == "P":
-        img = img.convert("P", palette=PILImage.Palette.ADAPTIVE, colors=16)
-    elif mode != "RGB":
-        img = img.convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def write_tar_zst(path: Path, members: list[tuple[str, bytes]], truncate_after: int | None = None) -> None:
-    """A zstd-compressed tar; with ``truncate_after=k`` the file stops inside member ``k``'s data, as a
-    broken download does (headers and data are flushed as their own zstd blocks, so members before
-    ``k`` and the header of ``k`` stay readable)."""
-    import zstandard
-
-    out = io.BytesIO()
-    comp = zstandard.ZstdCompressor().compressobj()
-    ends, done = [], 0
-    tar_bytes = io.BytesIO()
-    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 1717000000, 0o644
-            tar.addfile(info, io.BytesIO(data))
-            for chunk in (tar_bytes.getvalue()[done:done + 512], tar_bytes.getvalue()[done + 512:]):  # header, data
-                out.write(comp.compress(chunk))
-                out.write(comp.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
-                ends.append(out.tell())
-            done = tar_bytes.tell()
-    out.write(comp.compress(tar_bytes.getvalue()[done:]))  # the end-of-archive blocks
-    out.write(comp.flush())
-    data = out.getvalue()
-    if truncate_after is not None:  # keep member k's header, cut inside its data
-        header_end, data_end = ends[2 * truncate_after], ends[2 * truncate_after + 1]
-        data = data[: header_end + (data_end - header_end) // 2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def write_sample(raw: Path, n: int = 12, seed: int = 0) -> None:
-    """Write ``raw/25M_demo/*.parquet`` (``n`` rows) and ``raw/25M_full/*.parquet`` (``n`` rows in two
-    files) with ``raw/25M_accessible/dataset_shard_{1,2,3}.tar.zst``.
-
-    Quirks reproduced: images nested several folders deep in the shards; ids as strings (UUIDs and
-    digit strings with leading zeros); P, LA and 16-bit PNGs and a JPEG; inconsistent source spelling;
-    one 25M_full row whose image is in no shard; ``dataset_shard_3.tar.zst`` truncated inside its
-    second member (its first member stays readable, the rest is lost).
-    """
-    rng = random.Random(seed)
-    raw = Path(raw)
-    demo_rows = []
-    for i in range(n):
-        mode = SAMPLE_MODES[i % len(SAMPLE_MODES)]
-        data = sample_image(rng, mode)
-        demo_rows.append({"image": {"bytes": data, "path": f"{i:06d}.png"},
-                          "id": f"{rng.getrandbits(32):08x}-1b5c-11ef-8929-{rng.getrandbits(48):012x}",
-                          "caption": rng.choice(CAPTIONS)})
-    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    features = {"image": {"_type": "Image"}, "id": {"dtype": "string", "_type": "Value"},
-                "caption": {"dtype": "string", "_type": "Value"}}
-    schema = pa.schema([("image", image_type), ("id", pa.string()), ("caption", pa.string())],
-                       metadata={"huggingface": json.dumps({"info": {"features": features}})})
-    (raw / DEMO).mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(demo_rows, schema=schema), raw / DEMO / "train-00000-of-00001.parquet",
-                   row_group_size=max(1, n // 2))
-
-    full_rows, shards = [], {1: [], 2: [], 3: []}
-    for i in range(n):
-        mode = SAMPLE_MODES[i % len(SAMPLE_MODES)]
-        fmt = "JPEG" if i == 5 else "PNG"
-        source = SOURCES[i % len(SOURCES)]
-        name = f"{source.lower()}_{rng.getrandbits(40):010x}.{'jpg' if fmt == 'JPEG' else 'png'}"
-        full_rows.append({"id": f"{i * 7919:07d}", "file_name": name, "caption": rng.choice(CAPTIONS), "source": source})
-        if i == 2:
-            continue  # the image of this row is in no shard (a non-redistributable source)
-        shard = 3 if i in (n - 1, n - 2, n - 3) else 1 + i % 2
-        folder = f"{source}/images/{'train' if i % 3 else 'val'}/part_{i % 4}"
-        shards[shard].append((f"{folder}/{name}", sample_image(rng, "RGB" if fmt == "JPEG" else mode, fmt)))
-    for shard, members in shards.items():
-        rng.shuffle(members)  # member order is not row order
-        write_tar_zst(raw / ACCESSIBLE / f"dataset_shard_{shard}.tar.zst", members,
-                      truncate_after=1 if shard == 3 else None)
-    (raw / FULL).mkdir(parents=True, exist_ok=True)
-    half = n // 2
-    for k, rows in enumerate((full_rows[:half], full_rows[half:])):
-        pq.write_table(pa.Table.from_pylist(rows), raw / FULL / f"train-{k:05d}-of-00002.parquet")

@@ -1,0 +1,17 @@
+"""Finding a dataset's raw files: every file under RAW whose name matches a pattern, or RAW itself
+when it is a file, sorted by path so that partitions are the same on every machine. Hidden files and
+folders (a leading dot: editor and sync leftovers) are skipped. It must not open or parse the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def raw_files(raw: Path, pattern: str) -> tuple[Path, list[Path]]:
+    """(the folder paths are relative to, the matching files in path order)."""
+    raw = Path(raw)
+    if raw.is_file():
+        return raw.parent, [raw]
+    files = sorted(p for p in raw.rglob(pattern) if not any(s.startswith(".") for s in p.relative_to(raw).parts))
+    return raw, files
