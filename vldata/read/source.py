@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 from collections import OrderedDict
 from typing import Any
 
@@ -23,6 +24,8 @@ from vldata.errors import ShardError
 from vldata.layout import MANIFEST, READ_PREFERENCE, MemberLayout, format_folders, read_manifest
 
 __all__ = ["ShardError", "Source", "ParquetSource", "WebDatasetSource", "open"]
+
+_INHERITED: list = []  # a forked process's references to what its parent opened (see _forget_open_files)
 
 
 def _join(root: str, rel: str) -> str:
@@ -50,6 +53,7 @@ class Source:
 
     def __init__(self, fs, root: str, manifest: dict, split: str, name: str):
         self.fs, self.root, self.manifest, self.split, self.name = fs, root, manifest, split, name
+        self._pid = os.getpid()
         self.shards = manifest["splits"][split]["shards"]
         self.shard_sizes = tuple(int(s["num_samples"]) for s in self.shards)
         self._starts = [0]
@@ -71,6 +75,8 @@ class Source:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s, j = self.locate(int(i))
+        if self._pid != os.getpid():  # a forked copy: the parent's open files share their offsets with it
+            self._forget_open_files()
         sample = self._read(s, j)
         sample["source"] = self.name
         return sample
@@ -106,11 +112,29 @@ class Source:
             return self.fs.open(url, "rb")
         return self.fs.open(url, "rb", cache_type="none", size=size)
 
+    def _forget_open_files(self) -> None:
+        """In a forked copy: new caches and a filesystem of this process's own (an async filesystem's
+        session and event loop belong to the process that made them). What the parent opened is
+        kept alive, untouched, and never closed here: closing an inherited HTTP connection would
+        unregister its socket from the event loop's epoll, which parent and child share, and the
+        parent would then wait for that response forever."""
+        inherited = {k: v for k, v in self.__dict__.items() if k.startswith("_cache") or k.startswith("_files")}
+        _INHERITED.append((self.fs, inherited))
+        for k in inherited:
+            self.__dict__[k] = OrderedDict()
+        if not isinstance(self.fs, LocalFileSystem):
+            self.fs = type(self.fs)(**self.fs.storage_options, skip_instance_cache=True)
+        self._pid = os.getpid()
+
     def __getstate__(self):  # open file handles stay behind when a DataLoader worker gets a copy
         state = self.__dict__.copy()
         for k in [k for k in state if k.startswith("_cache") or k.startswith("_files")]:
             state[k] = OrderedDict()
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
 
 
 class ParquetSource(Source):

@@ -28,6 +28,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vldata.read.decode import collate_images, decode_image
 from vldata.read.mix import Mix
+from vldata.read.progress import SharedProgress
 from vldata.read.source import ShardError, Source
 
 log = logging.getLogger("vldata")
@@ -61,13 +62,28 @@ class TorchDataset(IterableDataset):
             raise ValueError(f"rank {self.rank} outside world of {self.world_size}")
         self.epoch = 0
         self.position = 0
-        self.skipped = 0  # in this process; each DataLoader worker counts its own
+        self._progress = SharedProgress()  # what the main process and every worker see
+        self._loaded: tuple[int, int] | None = None  # a state loaded inside a worker, for that worker only
 
     # -- state ---------------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its beginning (a new permutation of every source)."""
-        self.epoch, self.position = int(epoch), 0
+        """The next pass reads epoch ``epoch`` from its beginning (a new permutation of every source),
+        also in DataLoader workers that persist. Without it, a pass that follows a pass read to its
+        end reads the next epoch, whatever ``num_workers``."""
+        self._restart(int(epoch), 0)
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped so far, counted across the main process and every worker."""
+        return self._progress.skipped
+
+    def _restart(self, epoch: int, position: int) -> None:
+        self.epoch, self.position = epoch, position
+        if get_worker_info() is None:
+            self._progress.restart(epoch, position)
+        else:  # StatefulDataLoader restores each worker's own state inside that worker
+            self._loaded = (epoch, position)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "world_size": self.world_size}
@@ -76,7 +92,7 @@ class TorchDataset(IterableDataset):
         if state.get("seed", self.seed) != self.seed or state.get("world_size", self.world_size) != self.world_size:
             raise ValueError(f"state from seed {state.get('seed')} / world {state.get('world_size')} cannot resume "
                              f"seed {self.seed} / world {self.world_size}")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._restart(int(state["epoch"]), int(state["position"]))
 
     # -- iteration -----------------------------------------------------------------------------
 
@@ -94,6 +110,9 @@ class TorchDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        generation, self.epoch, self.position = self._progress.begin(workers)
+        if self._loaded is not None:
+            (self.epoch, self.position), self._loaded = self._loaded, None
         plan = self.plan()
         consecutive = 0
         for t in plan.worker_batches(self.rank, worker, workers, start=self.position):
@@ -114,6 +133,7 @@ class TorchDataset(IterableDataset):
                 yield from samples
             elif samples:
                 yield self._collate(samples)
+        self._progress.finish(generation)
 
     def _load(self, k: int, i: int) -> dict[str, Any] | None:
         try:
@@ -132,7 +152,7 @@ class TorchDataset(IterableDataset):
         return sample
 
     def _skip(self, key: Any, why: str) -> None:
-        self.skipped += 1
+        self._progress.add_skipped()
         log.warning("vldata: skipping sample %s: %s", key, why)
         return None
 
