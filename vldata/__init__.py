@@ -28,7 +28,7 @@ _NAMES = {
     "RowContext": "vldata.write.builder",
     "get_builder": "vldata.write.registry", "list_builders": "vldata.write.registry",
     "Image": "vldata.describe.schema", "Record": "vldata.describe.schema",
-    "StructuralError": "vldata.errors", "ShardError": "vldata.errors",
+    "StructuralError": "vldata.errors", "ShardError": "vldata.errors", "SampleError": "vldata.errors",
     "Source": "vldata.read.source", "open": "vldata.read.source",
     "Mix": "vldata.read.mix", "Plan": "vldata.read.plan",
     "TorchDataset": "vldata.read.torch_dataset",  # these three import torch
@@ -54,7 +54,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # noqa: F401 - for type checkers and IDEs; at run time the names load on first use
     from vldata.describe.schema import Image, Record
-    from vldata.errors import ShardError, StructuralError
+    from vldata.errors import SampleError, ShardError, StructuralError
     from vldata.read.batch_decode import BatchDecoder, decode_batch, decode_loader_batch
     from vldata.read.mix import Mix
     from vldata.read.plan import Plan

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vldata.errors import StructuralError
+from vldata.errors import ShardError, StructuralError
 
 
 def parse_settings(items: list[str]) -> dict:
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except StructuralError as e:
         print(f"vldata: error: {e}", file=sys.stderr)
         return 2
+    except ShardError as e:  # a build that cannot be read as its manifest says
+        print(f"vldata: error: {e}", file=sys.stderr)
+        return 1
 
 
 def _run(args) -> int:

@@ -115,6 +115,89 @@ def read_manifest(folder: str | Path, fs=None) -> dict:
         return json.load(f)
 
 
+def manifest_problems(manifest: Any) -> list[str]:
+    """What makes a manifest unusable or unsafe, as short phrases (empty when it is sound): a format
+    folder downloaded from anywhere is untrusted, so every path must stay inside the folder and every
+    count must be a non-negative integer before a reader trusts it."""
+    if not isinstance(manifest, dict):
+        return ["not a JSON object"]
+    problems = []
+    if manifest.get("format") not in FORMATS:
+        problems.append(f"format {manifest.get('format')!r} is not one of {', '.join(FORMATS)}")
+    for name, kind in (("builder", str), ("version", str), ("primary_image", str), ("features", dict)):
+        if not isinstance(manifest.get(name), kind):
+            problems.append(f"{name!r} is not a {kind.__name__}")
+    members = manifest.get("image_members", [])
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        problems.append("'image_members' is not a list of member suffixes")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        return problems + ["no 'splits' object"]
+
+    def path(rel: Any, what: str) -> None:
+        if not isinstance(rel, str) or not inside(rel):
+            problems.append(f"{what} path {rel!r} points outside the folder")
+
+    def count(value: Any, what: str) -> None:
+        if type(value) is not int or value < 0:
+            problems.append(f"{what} {value!r} is not a count")
+
+    for split, info in splits.items():
+        shards = info.get("shards") if isinstance(info, dict) else None
+        if not isinstance(shards, list) or not all(isinstance(sh, dict) for sh in shards):
+            problems.append(f"split {split!r} has no list of shards")
+            continue
+        if not isinstance(split, str) or not valid_key(split):
+            problems.append(f"split name {split!r} is not a file stem")
+        count(info.get("num_samples"), f"split {split!r} num_samples")
+        if info.get("num_samples") != sum(sh.get("num_samples") for sh in shards if type(sh.get("num_samples")) is int):
+            problems.append(f"split {split!r} num_samples is not the sum of its shards'")
+        count(info.get("num_bytes"), f"split {split!r} num_bytes")
+        for sh in shards:
+            path(sh.get("path"), "shard")
+            count(sh.get("num_samples"), f"shard {sh.get('path')!r} num_samples")
+            count(sh.get("num_bytes"), f"shard {sh.get('path')!r} num_bytes")
+            if "index" in sh:
+                path(sh["index"], "member index")
+            for n in sh.get("row_groups") or []:
+                count(n, f"shard {sh.get('path')!r} row group size")
+        if isinstance(info.get("values"), dict):
+            path(info["values"].get("path"), "values")
+    tables = manifest.get("tables") or {}
+    if not isinstance(tables, dict):
+        return problems + ["'tables' is not an object"]
+    for name, table in tables.items():
+        path(table.get("path") if isinstance(table, dict) else None, f"table {name!r}")
+    return problems
+
+
+def read_checked_manifest(root: str | Path, fs=None) -> dict:
+    """The manifest of a format folder, refused with a ``ShardError`` naming it when it is not JSON or
+    not sound (``manifest_problems``). What every reader of a build calls before trusting a path."""
+    from vldata.errors import ShardError
+
+    where = f"{str(root).rstrip('/')}/{MANIFEST}"
+    try:
+        manifest = read_manifest(root, fs)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ShardError(f"{where}: unreadable manifest ({type(e).__name__})") from None
+    problems = manifest_problems(manifest)
+    if problems:
+        raise ShardError(f"{where}: {problems[0]}")
+    return manifest
+
+
+def escapes(folder: str | Path, path: str | Path) -> str | None:
+    """Why a local file under ``folder`` must not be read, or None: a link that leads outside the
+    folder, or something that is not a regular file (a device never ends)."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    if not real.startswith(root.rstrip(os.sep) + os.sep):
+        return f"{path}: leads outside {folder}"
+    if os.path.exists(real) and not os.path.isfile(real):
+        return f"{path}: not a regular file"
+    return None
+
+
 def stats_file(root: str | Path, fs=None) -> str:
     """OUT/build/stats.json, for OUT or for one of its format folders (a folder with a manifest)."""
     fs = fs or _local_fs()
@@ -172,6 +255,7 @@ class MemberLayout:
     images: tuple[str, ...] = ("image",)  # every image field (the primary too), in declaration order
     image_lists: tuple[str, ...] = ()  # those of ``images`` that are lists of images
     texts: tuple[tuple[str, str], ...] = ()  # (member suffix, field)
+    declared: frozenset[str] = frozenset()  # every member suffix a folder holds (read from a manifest)
 
     # -- writing: a parquet-shaped row (image fields as {bytes, path} plus F_info) -> members
 
@@ -204,6 +288,8 @@ class MemberLayout:
         sample: dict[str, Any] = {"key": key}
         lists: dict[str, dict[int, bytes]] = {}
         for suffix, data in members:
+            if self.declared and suffix not in self.declared:
+                continue  # a member the build did not write (``KEY.pyd``...) never becomes a field
             stem, _, ext = suffix.rpartition(".")
             if suffix == "txt":
                 sample["text"] = data.decode("utf-8")
@@ -212,7 +298,7 @@ class MemberLayout:
             elif ext == "txt":
                 sample[suffix] = data.decode("utf-8")
             elif not stem and ext in IMAGE_SUFFIXES:
-                sample["image"] = data
+                sample.setdefault("image", data)  # a second primary image is reported by validate
             elif ext in IMAGE_SUFFIXES:
                 base, _, num = stem.rpartition("_")
                 if base in self.image_lists and num.isdigit():
@@ -234,6 +320,14 @@ class MemberLayout:
             missing.append("primary image")
         return missing
 
+    def unexpected(self, suffixes: list[str]) -> list[str]:
+        """Members a sample should not have: undeclared ones, repeated ones, a second primary image."""
+        out = [f"undeclared member .{s}" for s in suffixes if self.declared and s not in self.declared]
+        out += [f"member .{s} twice" for s in sorted({s for s in suffixes if suffixes.count(s) > 1})]
+        if len([s for s in suffixes if s in IMAGE_SUFFIXES]) > 1:
+            out.append("more than one primary image")
+        return out
+
     @staticmethod
     def primary_member(members: dict[str, bytes]) -> bytes | None:
         return next((data for suffix, data in members.items() if suffix in IMAGE_SUFFIXES), None)
@@ -250,8 +344,10 @@ class MemberLayout:
                 images.append(name.removesuffix("_info"))
                 if is_list:
                     lists.append(images[-1])
+        features = manifest.get("features", {})
+        declared = {"txt", "json", *manifest.get("image_members", []), *(n for n in features if n.endswith(".txt"))}
         # text members are read by their suffix alone
-        return cls(manifest.get("primary_image", "image"), tuple(images), tuple(lists))
+        return cls(manifest.get("primary_image", "image"), tuple(images), tuple(lists), declared=frozenset(declared))
 
 
 def tar_samples(tar) -> Iterable[tuple[str, list[tuple[str, Any]]]]:

@@ -20,11 +20,12 @@ import fsspec
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from vldata.errors import ShardError
-from vldata.layout import MANIFEST, READ_PREFERENCE, MemberLayout, format_folders, read_manifest
+from vldata.errors import SampleError, ShardError, one_line
+from vldata.layout import MANIFEST, READ_PREFERENCE, MemberLayout, escapes, format_folders, read_checked_manifest
 
-__all__ = ["ShardError", "Source", "ParquetSource", "WebDatasetSource", "open"]
+__all__ = ["SampleError", "ShardError", "Source", "ParquetSource", "WebDatasetSource", "open"]
 
+MAX_SAMPLE_BYTES = 1 << 30  # one sample's members, read in one request: more is a broken index, not data
 _INHERITED: list = []  # a forked process's references to what its parent opened (see _forget_open_files)
 
 
@@ -41,7 +42,7 @@ def open(path: str, split: str = "train", format: str | None = None, name: str |
     if not folders:
         raise FileNotFoundError(f"{path}: no {MANIFEST} here or in parquet/ or webdataset/")
     root = folders[0]
-    manifest = read_manifest(root, fs)
+    manifest = read_checked_manifest(root, fs)
     if split not in manifest["splits"]:
         raise KeyError(f"{path}: no split {split!r} (has {', '.join(manifest['splits'])})")
     cls = ParquetSource if manifest["format"] == "parquet" else WebDatasetSource
@@ -87,8 +88,12 @@ class Source:
         if not info or field not in info["fields"]:
             have = ", ".join(info["fields"]) if info else "none"
             raise KeyError(f"{self.root}: no saved values for {field!r} (balance fields: {have})")
-        with self.fs.open(_join(self.root, info["path"]), "rb") as f:
-            return pq.read_table(f, columns=[field]).column(field).to_pylist()
+        url = self._inside(info["path"])
+        try:
+            with self.fs.open(url, "rb") as f:
+                return pq.read_table(f, columns=[field]).column(field).to_pylist()
+        except (OSError, ValueError) as e:
+            raise ShardError(f"{url}: unreadable values file ({one_line(e)})") from None
 
     def get_many(self, indices) -> list[dict[str, Any]]:
         return [self[i] for i in indices]
@@ -96,11 +101,21 @@ class Source:
     def _read(self, shard: int, j: int) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _inside(self, rel: str) -> str:
+        """The URL of a path from the manifest or an index. The manifest was checked to hold only
+        relative paths inside the folder; locally a link must not lead outside it either, and only
+        regular files are read (not a device that never ends)."""
+        url = _join(self.root, rel)
+        problem = escapes(self.root, url) if isinstance(self.fs, LocalFileSystem) else None
+        if problem:
+            raise ShardError(problem)
+        return url
+
     def _open_shard(self, s: int):
         """Open shard ``s`` after checking its size. Remote files are opened without read-ahead, so
         each read is one range request of exactly the bytes asked for (local reads are buffered by
         the OS anyway)."""
-        url = self.shard_url(s)
+        url = self._inside(self.shards[s]["path"])
         try:
             size = self.fs.size(url)
         except FileNotFoundError:
@@ -158,7 +173,12 @@ class ParquetSource(Source):
     def _row_group_of(self, s: int, j: int) -> tuple[int, int]:
         sizes = self.shards[s].get("row_groups")
         if sizes is None:
-            meta = self._file(s).metadata
+            try:
+                meta = self._file(s).metadata
+            except ShardError:
+                raise
+            except Exception as e:
+                raise ShardError(f"{self.shard_url(s)}: unreadable parquet footer ({type(e).__name__})") from None
             sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
             self.shards[s]["row_groups"] = sizes
         start = 0
@@ -166,7 +186,7 @@ class ParquetSource(Source):
             if j < start + n:
                 return g, j - start
             start += n
-        raise IndexError(j)
+        raise ShardError(f"{self.shard_url(s)}: its row groups hold {start} rows, fewer than sample {j} needs")
 
     def _read(self, s: int, j: int) -> dict[str, Any]:
         g, k = self._row_group_of(s, j)
@@ -177,13 +197,18 @@ class ParquetSource(Source):
             except ShardError:
                 raise
             except Exception as e:
-                raise ShardError(f"{self.shard_url(s)}: row group {g} unreadable ({type(e).__name__}: {e})") from None
+                raise ShardError(f"{self.shard_url(s)}: row group {g} unreadable ({one_line(e)})") from None
             self._cache[(s, g)] = table
             while len(self._cache) > self._keep_row_groups:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end((s, g))
-        row = table.slice(k, 1).to_pylist()[0]
+        if k >= table.num_rows:
+            raise ShardError(f"{self.shard_url(s)}: row group {g} has {table.num_rows} rows, the manifest says more")
+        try:
+            row = table.slice(k, 1).to_pylist()[0]
+        except (UnicodeDecodeError, ValueError) as e:  # bytes changed inside a page the footer cannot tell
+            raise SampleError(f"{self.shard_url(s)}: row {j} does not decode ({one_line(e)})") from None
         for col in self._image_columns:
             value = row[col]
             if isinstance(value, list):
@@ -219,18 +244,38 @@ class WebDatasetSource(Source):
             info = self.shards[s]
             if "index" not in info:
                 raise ShardError(f"{self.shard_url(s)}: the manifest lists no member index (built by an older vldata?)")
-            url = _join(self.root, info["index"])
+            url = self._inside(info["index"])
             try:
                 with self.fs.open(url, "rb") as f:
                     doc = json.load(f)
             except FileNotFoundError:
                 raise ShardError(f"{url}: member index missing") from None
-            if len(doc["samples"]) != int(info["num_samples"]):
-                raise ShardError(f"{url}: {len(doc['samples'])} samples, manifest says {info['num_samples']}")
-            self._cache[s] = doc["samples"]
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ShardError(f"{url}: unreadable member index ({type(e).__name__})") from None
+            samples = doc.get("samples") if isinstance(doc, dict) else None
+            if not isinstance(samples, list) or len(samples) != int(info["num_samples"]):
+                have = len(samples) if isinstance(samples, list) else "no"
+                raise ShardError(f"{url}: {have} samples, manifest says {info['num_samples']}")
+            self._cache[s] = samples
             while len(self._cache) > 8:
                 self._cache.popitem(last=False)
         return self._cache[s]
+
+    def _entry(self, s: int, j: int) -> tuple[str, list]:
+        """Sample ``j`` of shard ``s`` from the member index, checked: a key, and members whose
+        offsets and sizes lie inside the shard and span at most ``MAX_SAMPLE_BYTES``."""
+        entry = self._index(s)[j]
+        try:
+            key, members = entry
+            spans = [(str(suffix), int(offset), int(size)) for suffix, offset, size in members]
+            ok = bool(spans) and isinstance(key, str) and all(
+                0 <= o and 0 <= n and o + n <= int(self.shards[s]["num_bytes"]) for _, o, n in spans)
+            ok = ok and max(o + n for _, o, n in spans) - min(o for _, o, _ in spans) <= MAX_SAMPLE_BYTES
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ShardError(f"{self.shard_url(s)}: the member index entry of sample {j} does not fit the shard")
+        return key, spans
 
     def _file(self, s: int):
         if s not in self._files:
@@ -240,7 +285,7 @@ class WebDatasetSource(Source):
         return self._files[s]
 
     def _read(self, s: int, j: int) -> dict[str, Any]:
-        key, members = self._index(s)[j]
+        key, members = self._entry(s, j)
         f = self._file(s)
         # a sample's members are contiguous in the tar: one read (one range request) for all of them
         start = min(offset for _, offset, _ in members)
@@ -249,5 +294,8 @@ class WebDatasetSource(Source):
         span = f.read(end - start)
         if len(span) != end - start:
             raise ShardError(f"{self.shard_url(s)}: sample {key} ends past the end of the file")
-        return self._layout.sample(key, ((suffix, span[offset - start: offset - start + size])
-                                              for suffix, offset, size in members))
+        try:
+            return self._layout.sample(key, ((suffix, span[offset - start: offset - start + size])
+                                                  for suffix, offset, size in members))
+        except (ValueError, UnicodeDecodeError) as e:  # a .json or .txt member that does not decode
+            raise SampleError(f"{self.shard_url(s)}: sample {key}: a member does not decode ({type(e).__name__})") from None

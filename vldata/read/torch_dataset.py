@@ -29,7 +29,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vldata.read.decode import collate_images, decode_image
 from vldata.read.mix import Mix
 from vldata.read.progress import SharedProgress
-from vldata.read.source import ShardError, Source
+from vldata.errors import SampleError, ShardError
+from vldata.read.source import Source
 
 log = logging.getLogger("vldata")
 
@@ -138,6 +139,8 @@ class TorchDataset(IterableDataset):
     def _load(self, k: int, i: int) -> dict[str, Any] | None:
         try:
             sample = self.mix.sample(k, i)
+        except SampleError as e:  # one sample; the shard's others are fine
+            return self._skip(f"{self.mix.names[k]}[{i}]", str(e))
         except ShardError:
             raise
         except Exception as e:  # a sample that cannot be read

@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vldata.layout import format_folders, read_manifest, stats_file
+from vldata.errors import ShardError, one_line
+from vldata.layout import escapes, format_folders, read_checked_manifest, stats_file
 from vldata.read.source import open as open_source
 
 
@@ -57,24 +58,28 @@ def summary(path: str | Path, max_values: int = 5) -> str:
     if not folders:
         return f"{path}: not a vldata build"
     for folder in folders:
-        m = read_manifest(folder)
+        m = read_checked_manifest(folder)
         lines.append(f"{folder}  [{m['format']}]  builder {m['builder']} {m['version']}")
         for split, info in m["splits"].items():
             lines.append(f"  {split}: {info['num_samples']} samples in {len(info['shards'])} shards, "
                          f"{human_size(info['num_bytes'])}")
     stats_path = Path(stats_file(path))
-    if stats_path.exists():
-        stats = json.loads(stats_path.read_text())
+    stats = _stats(stats_path)
+    if stats is not None:
         lines.append("accounting (input_rows = written + failed + filtered + duplicates):")
-        for split, s in stats["splits"].items():
-            lines.append(f"  {split}: {s['input_rows']} = {s['written']} + {s['failed']} + {s['filtered']} + {s['duplicates']}")
-            for kind, reasons in s["reasons"].items():
-                for r, n in reasons.items():
-                    lines.append(f"    {kind}: {r} {n}")
-            for r, n in s["notes"].items():
-                lines.append(f"    note: {r} {n}")
+        try:
+            for split, s in stats["splits"].items():
+                lines.append(f"  {split}: {s['input_rows']} = {s['written']} + {s['failed']} + {s['filtered']} + "
+                             f"{s['duplicates']}")
+                for kind, reasons in s["reasons"].items():
+                    for r, n in reasons.items():
+                        lines.append(f"    {kind}: {r} {n}")
+                for r, n in s["notes"].items():
+                    lines.append(f"    note: {r} {n}")
+        except (TypeError, KeyError, AttributeError) as e:
+            lines.append(f"  {stats_path}: unreadable ({one_line(e)})")
     folder = _preferred_folder(path)
-    manifest = read_manifest(folder)
+    manifest = read_checked_manifest(folder)
     if manifest["format"] == "parquet":
         lines.append("fields (parquet):")
         lines += _field_stats(folder, manifest, max_values)
@@ -102,6 +107,30 @@ def histogram(values: list[int], title: str, bins: int = 8, width: int = 40) -> 
     return lines
 
 
+def _stats(path: Path) -> dict | None:
+    """build/stats.json when it is there and readable (``validate`` names a broken one)."""
+    try:
+        stats = json.loads(path.read_text())
+        return stats if isinstance(stats, dict) and isinstance(stats.get("splits"), dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _read_parquet(file: Path, columns: list[str] | None = None) -> pa.Table | pa.Schema:
+    """A shard's ``columns`` (its schema when None), or a ShardError naming it."""
+    problem = escapes(file.parent.parent if file.parent.name == "data" else file.parent, file)
+    if problem:
+        raise ShardError(problem)
+    try:
+        if columns is None:
+            return pq.read_schema(file)
+        table = pq.read_table(file, columns=columns)
+        table.validate(full=True)  # strings that are not UTF-8 (bytes changed in a page) are named here
+        return table
+    except (OSError, ValueError, KeyError) as e:  # pyarrow: ArrowInvalid is a ValueError
+        raise ShardError(f"{file}: unreadable parquet ({one_line(e)})") from None
+
+
 def _parquet_files(folder: Path, manifest: dict) -> list[Path]:
     return [folder / s["path"] for info in manifest["splits"].values() for s in info["shards"]]
 
@@ -114,7 +143,7 @@ def _sizes(folder: Path, manifest: dict) -> tuple[list[int], list[int], list[int
     if manifest["format"] == "parquet":
         info_column = f"{manifest['primary_image']}_info"
         for file in _parquet_files(folder, manifest):
-            table = pq.read_table(file, columns=["text", info_column])
+            table = _read_parquet(file, columns=["text", info_column])
             lengths += [v for v in pc.utf8_length(table.column("text")).to_pylist() if v is not None]
             info = table.column(info_column)
             widths += [v for v in pc.struct_field(info, "width").to_pylist() if v is not None]
@@ -139,7 +168,7 @@ def _field_stats(folder: Path, manifest: dict, max_values: int) -> list[str]:
     files = _parquet_files(folder, manifest)
     if not files:
         return []
-    schema = pq.read_schema(files[0])
+    schema = _read_parquet(files[0])
     out = []
     for field in schema:
         if pa.types.is_struct(field.type) and {"bytes", "path"} <= {f.name for f in field.type}:
@@ -148,7 +177,7 @@ def _field_stats(folder: Path, manifest: dict, max_values: int) -> list[str]:
             continue
         nulls, total, counter, lengths = 0, 0, Counter(), []
         for f in files:
-            col = pq.read_table(f, columns=[field.name]).column(field.name)
+            col = _read_parquet(f, columns=[field.name]).column(field.name)
             total += len(col)
             nulls += col.null_count
             if pa.types.is_string(col.type):
@@ -189,7 +218,7 @@ def read_samples(path: str | Path, n: int = 16) -> tuple[dict, list[Sample]]:
     folder = _preferred_folder(Path(path))
     if folder is None:
         raise FileNotFoundError(f"{path}: not a vldata build")
-    manifest = read_manifest(folder)
+    manifest = read_checked_manifest(folder)
     total = sum(info["num_samples"] for info in manifest["splits"].values())
     wanted = pick(total, n)
     chosen = [(split, s) for i, (split, s) in enumerate(_samples(folder, manifest, wanted))]

@@ -11,6 +11,7 @@ It only reads, from a local folder or any fsspec URL (a build uploaded to s3://,
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 import tempfile
 from pathlib import Path
@@ -19,8 +20,9 @@ import fsspec
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from vldata.layout import (MANIFEST, MemberLayout, format_folders, read_manifest, stats_file, stream_sha256, tar_samples,
-                           valid_key)
+from vldata.errors import ShardError, one_line
+from vldata.layout import (MANIFEST, MemberLayout, escapes, format_folders, manifest_problems, read_checked_manifest,
+                           read_manifest, stats_file, stream_sha256, tar_samples, valid_key)
 
 
 class Location:
@@ -95,15 +97,19 @@ def _validate_folder(folder: Location) -> list[str]:
         manifest = read_manifest(folder.path, folder.fs)
     except FileNotFoundError:
         return [f"{folder / MANIFEST}: missing"]
-    except json.JSONDecodeError as e:
-        return [f"{folder / MANIFEST}: not valid JSON ({e})"]
+    except (ValueError, UnicodeDecodeError) as e:
+        return [f"{folder / MANIFEST}: not valid JSON ({one_line(e)})"]
+    unsound = manifest_problems(manifest)
+    if unsound:  # nothing it names is opened
+        return [f"{folder / MANIFEST}: {p}" for p in unsound]
     problems: list[str] = []
     seen_keys: set[str] = set()
     for split, info in manifest["splits"].items():
         for shard in info["shards"]:
             file = folder / shard["path"]
-            if not file.exists():
-                problems.append(f"{file}: listed in the manifest but missing")
+            escape = _escapes(folder, file)
+            if escape or not file.exists():
+                problems.append(escape or f"{file}: listed in the manifest but missing")
                 continue
             size = file.size()
             if size != shard["num_bytes"]:
@@ -113,11 +119,16 @@ def _validate_folder(folder: Location) -> list[str]:
             if manifest["format"] == "parquet":
                 problems += _read_parquet(file, shard["num_samples"], seen_keys, manifest)
             else:
-                problems += _read_tar(file, shard["num_samples"], seen_keys, manifest,
-                                      folder / shard["index"] if shard.get("index") else None)
+                index = folder / shard["index"] if shard.get("index") else None
+                if index is not None and _escapes(folder, index):
+                    problems.append(_escapes(folder, index))
+                    continue
+                problems += _read_tar(file, shard["num_samples"], seen_keys, manifest, index)
     for name, table in manifest.get("tables", {}).items():
         file = folder / table["path"]
-        if not file.exists():
+        if _escapes(folder, file):
+            problems.append(_escapes(folder, file))
+        elif not file.exists():
             problems.append(f"{file}: side table {name} listed in the manifest but missing")
         elif file.sha256() != table["sha256"]:
             problems.append(f"{file}: sha256 differs from the manifest (altered)")
@@ -125,6 +136,14 @@ def _validate_folder(folder: Location) -> list[str]:
             problems.append(f"{file}: row count differs from the manifest")
     problems += _validate_card(folder)
     return problems
+
+
+def _escapes(folder: Location, file: Location) -> str | None:
+    """Why a local file must not be read (``layout.escapes``); object stores and http have no links."""
+    if not isinstance(file.fs, LocalFileSystem):
+        return None
+    problem = escapes(folder.path, file.path)
+    return problem and problem.replace(file.path, str(file), 1).replace(folder.path, str(folder))
 
 
 def _read_parquet(file: Location, expected: int, seen: set[str], manifest: dict) -> list[str]:
@@ -143,7 +162,7 @@ def _read_parquet(file: Location, expected: int, seen: set[str], manifest: dict)
             problems += _check_keys(file, keys, seen)
             pf.read_row_group(i)  # every column must decode
     except Exception as e:
-        return [f"{file}: unreadable parquet ({type(e).__name__}: {e})"]
+        return [f"{file}: unreadable parquet ({one_line(e)})"]
     if n != expected:
         problems.append(f"{file}: {n} rows, manifest says {expected}")
     return problems
@@ -153,16 +172,21 @@ def _read_tar(file: Location, expected: int, seen: set[str], manifest: dict, ind
     located: list[list] = []  # [key, [[suffix, data offset, size], ...]], as the member index records it
     problems: list[str] = []
     try:
-        with file.open() as f, tarfile.open(fileobj=f, mode="r") as tar:
+        layout = MemberLayout.from_manifest(manifest)
+        with file.open() as f, tarfile.open(fileobj=f, mode="r:") as tar:  # plain tar only, never decompressed
             for key, members in tar_samples(tar):
                 located.append([key, [[suffix, m.offset_data, m.size] for suffix, m in members]])
                 for _, m in members:
-                    tar.extractfile(m).read()  # every member must read to its end
-                missing = MemberLayout.missing(suffix for suffix, _ in members)
-                if missing:
-                    problems.append(f"{file}: sample {key} lacks {', '.join(missing)}")
+                    _read_through(tar.extractfile(m))  # every member must read to its end
+                suffixes = [suffix for suffix, _ in members]
+                wrong = MemberLayout.missing(suffixes)
+                if wrong:
+                    problems.append(f"{file}: sample {key} lacks {', '.join(wrong)}")
+                wrong = layout.unexpected(suffixes)
+                if wrong:
+                    problems.append(f"{file}: sample {key} has {', '.join(wrong)}")
     except (tarfile.TarError, OSError, EOFError) as e:
-        return [f"{file}: unreadable tar ({type(e).__name__}: {e})"]
+        return [f"{file}: unreadable tar ({one_line(e)})"]
     order = [key for key, _ in located]
     problems = _check_keys(file, order, seen) + problems
     if len(order) != expected:
@@ -171,9 +195,20 @@ def _read_tar(file: Location, expected: int, seen: set[str], manifest: dict, ind
         problems.append(f"{file}: the manifest lists no member index")
     elif not index.exists():
         problems.append(f"{index}: member index missing")
-    elif json.loads(index.read_text()).get("samples") != located:
-        problems.append(f"{index}: member index does not match {file.name}")
+    else:
+        try:
+            recorded = json.loads(index.read_text())
+        except (ValueError, UnicodeDecodeError):
+            recorded = None
+        if not isinstance(recorded, dict) or recorded.get("samples") != located:
+            problems.append(f"{index}: member index does not match {file.name}")
     return problems
+
+
+def _read_through(f) -> None:
+    """Read a member to its end in 1 MiB pieces (a tar member is never held whole)."""
+    while f.read(1 << 20):
+        pass
 
 
 def _check_keys(file: Location, keys: list[str], seen: set[str]) -> list[str]:
@@ -212,14 +247,25 @@ def _validate_card(folder: Location) -> list[str]:
 
 
 def _validate_stats(stats_path: Location, folders: list[Location]) -> list[str]:
-    stats = json.loads(stats_path.read_text())
+    try:
+        stats = json.loads(stats_path.read_text())
+        splits = {split: (s["input_rows"], s["written"], s["failed"], s["filtered"], s["duplicates"])
+                  for split, s in stats["splits"].items()}
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as e:
+        return [f"{stats_path}: unreadable ({one_line(e)})"]
+    manifests = []
+    for folder in folders:
+        try:
+            manifests.append((folder, read_checked_manifest(folder.path, folder.fs)))
+        except (FileNotFoundError, ShardError):
+            pass  # the folder's own check names its manifest
     problems = []
-    for split, s in stats["splits"].items():
-        if s["input_rows"] != s["written"] + s["failed"] + s["filtered"] + s["duplicates"]:
+    for split, (input_rows, written, failed, filtered, duplicates) in splits.items():
+        if input_rows != written + failed + filtered + duplicates:
             problems.append(f"{stats_path}: split {split} accounting does not balance")
-        for folder in folders:
-            m = read_manifest(folder.path, folder.fs) if (folder / MANIFEST).exists() else None
-            if m and split in m["splits"] and m["splits"][split]["num_samples"] != s["written"]:
+        for folder, m in manifests:
+            s = {"written": written}
+            if split in m["splits"] and m["splits"][split]["num_samples"] != s["written"]:
                 problems.append(f"{folder / MANIFEST}: split {split} has {m['splits'][split]['num_samples']} "
                                 f"samples, stats.json says {s['written']} written")
     return problems
