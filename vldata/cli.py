@@ -9,10 +9,11 @@ It parses arguments and prints; it must not hold logic of its own (each command 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
-from vldata.errors import ShardError, StructuralError
+from vldata.errors import BuildInterrupted, ShardError, StructuralError
 
 
 def parse_settings(items: list[str]) -> dict:
@@ -97,6 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ShardError as e:  # a build that cannot be read as its manifest says
         print(f"vldata: error: {e}", file=sys.stderr)
+        return 1
+    except BuildInterrupted as e:
+        print(f"vldata: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("vldata: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"vldata: error: no space left on the device{where}; free some, then --resume finishes the build",
+              file=sys.stderr)
         return 1
 
 

@@ -22,6 +22,11 @@ class SampleError(ShardError):
     samples can. Training loops skip and count it; the message names the shard and the sample."""
 
 
+class BuildInterrupted(Exception):
+    """Ctrl-C stopped a build; the message is the one line the CLI prints (what is done, and that
+    ``--resume`` finishes it)."""
+
+
 def one_line(e: BaseException, limit: int = 300) -> str:
     """An exception as one short line (library messages often span several): ``Type: message``."""
     text = " ".join(f"{type(e).__name__}: {e}".split())

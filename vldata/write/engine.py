@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vldata.describe import schema as sch
-from vldata.errors import StructuralError
+from vldata.errors import BuildInterrupted, StructuralError
 from vldata.layout import (BUILD_DIR, FAILURES, FORMATS, IMAGE_SUFFIXES, MANIFEST, PLAN, STATS, atomic_write, file_sha256,
                            read_manifest, table_file, valid_key, values_file)
 from vldata.write.builder import Builder, Partition
@@ -75,6 +75,9 @@ def run_map(builder: Builder, partitions: list[Partition], parts_dir: Path, work
             bar.update(p.input_rows)
             finished += 1
             _maybe_crash("partition", finished)
+    except KeyboardInterrupt:  # the executor has cancelled what was queued and stopped its workers
+        done = sum(is_committed(parts_dir, p.index) for p in partitions)
+        raise BuildInterrupted(f"interrupted: {done}/{len(partitions)} partitions done; --resume finishes") from None
     finally:
         bar.close()
 
@@ -279,7 +282,11 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
 
     part_schema(builder)  # derive (and cache) the schema before forking: workers then skip importing datasets
     run_map(builder, partitions, parts_dir, workers, executor)
-    written, reports = run_reduce(builder, partitions, parts_dir, out, formats, shard_bytes)
+    try:
+        written, reports = run_reduce(builder, partitions, parts_dir, out, formats, shard_bytes)
+    except KeyboardInterrupt:
+        raise BuildInterrupted(f"interrupted: {len(partitions)}/{len(partitions)} partitions done, shards not "
+                               "finished; --resume finishes") from None
     for r in reports.values():
         if not r.balanced:  # an engine bug, never a data problem
             raise RuntimeError(f"accounting does not balance: {r.as_dict()}")

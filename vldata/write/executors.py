@@ -46,18 +46,39 @@ def run_local(builder: Builder, todo: list[Partition], parts_dir: Path, workers:
             build_partition(builder, p, parts_dir)
             yield p
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),))
+    try:
         futures = {pool.submit(build_partition, builder, p, parts_dir): p for p in todo}
         for fut in as_completed(futures):
             fut.result()
             yield futures[fut]
+    except BaseException:  # Ctrl-C or a failed partition: drop the queue, stop the workers now
+        _stop(pool)
+        raise
+    pool.shutdown()
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued partitions and end the workers at once (a running partition would otherwise
+    finish first, which for a URL-heavy partition can take minutes). A part is committed only by its
+    ``done`` file, so a worker killed mid-partition leaves nothing that ``--resume`` would trust."""
+    processes = list(getattr(pool, "_processes", {}).values())  # the executor offers no public kill
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join(5)
 
 
 def _exit_with_parent(parent: int) -> None:
     """Worker initializer: leave when the build process is gone (SIGKILL, OOM kill), instead of
-    lingering as an orphan that holds the terminal and may still be writing parts."""
+    lingering as an orphan that holds the terminal and may still be writing parts. Ctrl-C reaches the
+    whole process group; only the build process handles it (it stops the workers), so a worker
+    ignores it instead of printing a traceback of its own."""
     import threading
     import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
@@ -59,6 +60,8 @@ def _row_of(record: sch.Record, layout: MemberLayout) -> dict:
 
 def build_partition(builder: Builder, part: Partition, parts_dir: Path) -> dict:
     """Process one partition into ``parts_dir``; returns its ``done`` document."""
+    if os.environ.get("VLDATA_TEST_PARTITION_SECONDS"):  # the interruption tests need partitions that last
+        time.sleep(float(os.environ["VLDATA_TEST_PARTITION_SECONDS"]))
     schema = part_schema(builder)
     record_type = builder.record_type()
     layout = sch.member_layout(record_type)
