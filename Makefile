@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vldata-installed
 DEMO_OUT ?= demo-out
+N ?= 20
 
-.PHONY: demo test venv clean
+.PHONY: demo test fuzz venv clean
 
 venv: $(STAMP)
 
@@ -21,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# seeded corruptions of every builder's sample input, N per builder; prints the seed of each failure
+fuzz: $(STAMP)
+	$(PY) tests/fuzz_raw.py --n $(N)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -187,3 +187,28 @@ def test_shards_and_values_do_not_depend_on_partition_size(tmp_path):
         assert len(files) == 4  # a parquet shard, a tar, and the values file in each folder
         digests.append({p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
     assert digests[0] == digests[1] == digests[2]
+
+
+def test_a_reader_that_fails_mid_partition_fails_only_the_rows_it_did_not_yield(tmp_path):
+    """The engine's last resort: the partition is committed, the unread rows are counted as
+    ``reader_error`` with a failures row each, and the accounting holds."""
+    import pyarrow as pa
+
+    from fakes.toy import Toy, records
+    from vldata.write.builder import Builder, Partition
+    from vldata.write.partition import build_partition, read_part
+
+    class Breaks(Builder):
+        name, version, Record = "breaks", "0", Toy
+
+        def records(self, partition, ctx):
+            yield from records("train")[:2]
+            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+    done = build_partition(Breaks(), Partition(0, "train", None, 5), tmp_path)
+    r = done["report"]
+    assert (r["input_rows"], r["written"], r["failed"]) == (5, 2, 3)
+    assert r["reasons"]["failed"] == {"reader_error": 3} and r["notes"] == {"reader_error_partitions": 1}
+    assert [f["key"] for f in done["failures"]] == [f"partition00000_row{n:09d}" for n in (2, 3, 4)]
+    assert "EOFError: Compressed file ended" in done["failures"][0]["message"]
+    assert pa.Table.from_batches(list(read_part(tmp_path, 0))).num_rows == 2

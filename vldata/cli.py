@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except StructuralError as e:
-        print(f"vldata: error: {e}", file=sys.stderr)
+        print(f"vldata: error: {_line(e)}", file=sys.stderr)
         return 2
     except ShardError as e:  # a build that cannot be read as its manifest says
-        print(f"vldata: error: {e}", file=sys.stderr)
+        print(f"vldata: error: {_line(e)}", file=sys.stderr)
         return 1
     except BuildInterrupted as e:
         print(f"vldata: {e}", file=sys.stderr)
@@ -112,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vldata: error: no space left on the device{where}; free some, then --resume finishes the build",
               file=sys.stderr)
         return 1
+
+
+def _line(e: Exception) -> str:
+    """The error's message on one line, whatever a library put into it."""
+    return " ".join(str(e).split())
 
 
 def _run(args) -> int:

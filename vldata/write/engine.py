@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vldata.describe import schema as sch
-from vldata.errors import BuildInterrupted, StructuralError
+from vldata.errors import BuildInterrupted, StructuralError, one_line
 from vldata.layout import (BUILD_DIR, FAILURES, FORMATS, IMAGE_SUFFIXES, MANIFEST, PLAN, STATS, atomic_write, file_sha256,
                            read_manifest, table_file, valid_key, values_file)
 from vldata.write.builder import Builder, Partition
@@ -267,7 +267,12 @@ def run_build(builder: Builder, raw: Path, out: Path, formats: tuple[str, ...] =
     elif out.exists() and not _holds_build(out):
         raise StructuralError(f"{out} is not empty and holds no vldata build; choose an empty folder")
     builder.scratch = build_dir / "scratch"
-    partitions = apply_limit(builder.partitions(raw), limit)
+    try:
+        partitions = apply_limit(builder.partitions(raw), limit)
+    except (StructuralError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a reader the builder did not guard: still one line, before any work
+        raise StructuralError(f"{builder.name}: the raw input {raw} could not be read ({one_line(e)})") from None
     plan = plan_document(builder, partitions, limit, formats)
     if overwrite:
         _clear_except(out, keep=builder.scratch)
