@@ -158,3 +158,17 @@ def test_reading_and_validating_do_not_load_the_build_side(code):
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not [m for m in loaded if m.startswith(("vldata.ingest", "vldata.write", "builders"))], loaded
     assert "torch" not in loaded
+
+
+def test_every_public_name_resolves():
+    """What README.md shows (``vldata.build``, ``open``, ``Mix``, ``TorchDataset``, ``decode_batch``,
+    ``publish``, ``Builder``, ``Record``, ``Image``, ...) is reachable from the top-level package."""
+    import vldata
+
+    shown = {"build", "open", "Mix", "TorchDataset", "decode_batch", "decode_loader_batch", "publish", "Builder",
+             "Record", "Image", "Config", "Failed", "Filtered", "Partition", "Pending", "RowContext",
+             "StructuralError", "ShardError", "get_builder", "list_builders"}
+    assert shown <= set(vldata.__all__)
+    for name in vldata.__all__:
+        assert getattr(vldata, name) is not None, name
+    assert callable(vldata.build) and callable(vldata.open) and callable(vldata.publish)
