@@ -17,8 +17,10 @@ import vldata.ingest.fetch as fetch_mod
 from vldata.ingest.fetch import (FetchPolicy, Fetcher, FetchRequest, check_url, fetcher, mirror_path, opt_out_directive,
                           retry_after_seconds)
 
+# the test servers listen on 127.0.0.1, which the fetcher refuses unless told (blocked_address)
 FAST = FetchPolicy(threads=8, per_host=8, connect_timeout=2, read_timeout=0.5, retries=1, backoff=0.05,
-                   max_retry_after=5, max_bytes=1 << 20, max_redirects=3)
+                   max_retry_after=5, max_bytes=1 << 20, max_redirects=3, allow_private=True)
+LOCAL = FetchPolicy(allow_private=True)
 
 @pytest.fixture()
 def opened():
@@ -213,7 +215,7 @@ def test_mirror_paths_stay_inside_the_mirror(tmp_path, canary, opened):
 
 def test_fetch_many_keeps_the_input_order_and_runs_concurrently():
     with ImageServer(hold_seconds=0.2) as srv:
-        f = Fetcher(FetchPolicy(threads=8, per_host=8))
+        f = Fetcher(LOCAL.model_copy(update={"threads": 8, "per_host": 8}))
         urls = [srv.url(f"/held/{i}.jpg") if i % 3 else srv.url("/missing.jpg") if i % 2 else srv.url("/img/a.jpg")
                 for i in range(24)]
         results = list(f.fetch_many(urls))
@@ -225,7 +227,7 @@ def test_fetch_many_keeps_the_input_order_and_runs_concurrently():
 
 def test_per_host_limit_and_connection_reuse():
     with ImageServer(hold_seconds=0.05) as srv:
-        f = Fetcher(FetchPolicy(threads=16, per_host=3))
+        f = Fetcher(LOCAL.model_copy(update={"threads": 16, "per_host": 3}))
         results = list(f.fetch_many(srv.url(f"/held/{i}.jpg") for i in range(40)))
         assert all(r.ok for r in results)
         assert srv.peak_concurrency <= 3
@@ -234,7 +236,7 @@ def test_per_host_limit_and_connection_reuse():
 
 def test_a_kept_alive_connection_closed_by_the_server_is_replaced():
     with ImageServer() as srv:
-        f = Fetcher(FetchPolicy(threads=1, per_host=1, retries=0))
+        f = Fetcher(LOCAL.model_copy(update={"threads": 1, "per_host": 1, "retries": 0}))
         results = [f.fetch(srv.url("/hangup.jpg")) for _ in range(3)] + [f.fetch(srv.url("/img/a.jpg"))]
         assert all(r.ok and r.attempts == 1 for r in results)
         assert len(srv.connections) == 4
@@ -260,7 +262,7 @@ def test_identical_requests_in_the_window_are_fetched_once(server):
 
 def test_closing_fetch_many_early_stops_submitting():
     with ImageServer(hold_seconds=0.05) as srv:
-        f = Fetcher(FetchPolicy(threads=2, per_host=2))
+        f = Fetcher(LOCAL.model_copy(update={"threads": 2, "per_host": 2}))
         it = f.fetch_many((srv.url(f"/held/{i}.jpg") for i in range(1000)), window=4)
         assert next(it).ok
         it.close()

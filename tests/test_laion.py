@@ -23,8 +23,9 @@ from fakes.audit import recording
 from fakes.http_server import ImageServer, encode
 from vldata.tools.validate import validate
 
+# the test server listens on 127.0.0.1, which the fetcher refuses (blocked_address) unless told
 FETCH = {"threads": 8, "per_host": 8, "read_timeout": 0.5, "connect_timeout": 2, "retries": 1, "backoff": 0.05,
-         "max_retry_after": 5, "max_bytes": 1 << 20}
+         "max_retry_after": 5, "max_bytes": 1 << 20, "allow_private": True}
 
 LAION2B_MULTI = pa.schema([("SAMPLE_ID", pa.int64()), ("URL", pa.string()), ("TEXT", pa.string()),
                            ("HEIGHT", pa.float64()), ("WIDTH", pa.float64()),  # float in some re-exports
@@ -241,7 +242,7 @@ def test_a_file_without_a_url_column_is_structural(server, tmp_path):
     proc = run_cli("build", "laion", "--raw", raw, "--out", tmp_path / "out2", "--set", "url_col=nope")
     assert proc.returncode == 2 and "url_col 'nope'" in proc.stderr
     run_cli("build", "laion", "--raw", raw, "--out", tmp_path / "out3", "--set", "url_col=link",
-            "--set", "caption_col=alt", "--format", "parquet", check=True)
+            "--set", "caption_col=alt", "--set", "fetch.allow_private=true", "--format", "parquet", check=True)
     (row,) = parquet_rows(tmp_path / "out3").values()
     assert row["caption"] == "an image" and row["column_set"] == "custom"
 
@@ -254,7 +255,8 @@ def test_resize_and_mirror_settings(server, tmp_path):
     write(raw / "p.parquet", [laion_row(0, server.url("/offline/x.jpg")), laion_row(1, server.url("/img/a.jpg"))],
           LAION400M)
     run_cli("build", "laion", "--raw", raw, "--out", tmp_path / "out", "--format", "parquet",
-            "--set", f"mirror={mirror}", "--set", "image.resize_mode=keep_ratio", "--set", "image.image_size=32",
+            "--set", f"mirror={mirror}", "--set", "fetch.allow_private=true",
+            "--set", "image.resize_mode=keep_ratio", "--set", "image.image_size=32",
             "--set", "image.encode_format=webp", check=True)
     rows = parquet_rows(tmp_path / "out")
     x, a = rows["00000_000000000"], rows["00000_000000001"]

@@ -7,6 +7,15 @@ per-path responses (a status and headers, e.g. a redirect or an ``X-Robots-Tag``
 ``Builder.sample_services(raw)`` returns ``serve_sample(raw)``, which serves exactly that port while
 the sample is built; a raw folder without ``loopback.json`` (real data) starts nothing. The server
 answers HTTP/1.1 with keep-alive, serves only files inside the site folder, and knows no dataset.
+
+The fetcher refuses loopback addresses (``blocked_address``, see ``vldata.ingest.fetch``). For the
+duration of the sample build, and only while its server is up, ``serve_sample`` exposes exactly
+``127.0.0.1:<port>`` of that server to it (``fetch.exposed_sample_address``: an environment variable
+that forked, spawned and Ray build workers inherit). Nothing else is opened: no other port, no other
+loopback or private address, and nothing at all once the build ends or when the raw folder has no
+``loopback.json``. The port is one this server has bound itself (a port another program listens on
+cannot be bound, so it cannot be exposed). ``serve`` alone exposes nothing: whoever fetches from it
+sets ``fetch.allow_private=true``.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from vldata.ingest.fetch import exposed_sample_address
 
 SERVICE_FILE = "loopback.json"
 
@@ -89,7 +100,8 @@ def write_service(raw: Path, port: int, site: str, routes: dict[str, dict] | Non
 
 @contextlib.contextmanager
 def serve_sample(raw: Path) -> Iterator[str | None]:
-    """Serve a sample as its ``loopback.json`` says; do nothing when there is none."""
+    """Serve a sample as its ``loopback.json`` says, and expose exactly that 127.0.0.1 port to the
+    fetcher while the context is open; do nothing when there is none."""
     service = Path(raw) / SERVICE_FILE
     if not service.is_file():
         yield None
@@ -102,6 +114,7 @@ def serve_sample(raw: Path) -> Iterator[str | None]:
         raise OSError(f"{service}: cannot serve the sample on 127.0.0.1:{spec['port']} ({e}); "
                       "write the sample again to pick another port") from None
     try:
-        yield base
+        with exposed_sample_address(int(base.rsplit(":", 1)[1])):  # withdrawn before the server stops
+            yield base
     finally:
         server.__exit__(None, None, None)

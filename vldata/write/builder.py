@@ -111,24 +111,38 @@ class RowContext:
         """The outcomes of a partition's rows in input order: a ``Failed`` or ``Filtered`` passes
         through, and each ``Pending`` row gets ``finish(result)`` with its download. Downloads run
         concurrently (``fetch_many``); rows with equal requests share one download, whose result is
-        kept only until its last row."""
+        kept only until its last row, and only while the kept results hold at most
+        ``threads x max_bytes`` of bodies (beyond that a later row downloads again)."""
         plans = list(plans)
+        policy = policy or fetch_mod.FetchPolicy()
         uses: dict = {}
         for plan in plans:
             if isinstance(plan, Pending):
                 uses[plan.request] = uses.get(plan.request, 0) + 1
         results = self.fetch_many(list(uses), policy, mirror)  # distinct requests, in first-use order
         held: dict = {}
+        held_bytes, budget = 0, policy.threads * policy.max_bytes
+        seen: set = set()
         for plan in plans:
             if not isinstance(plan, Pending):
                 yield plan
                 continue
-            result = held[plan.request] if plan.request in held else next(results)
-            uses[plan.request] -= 1
-            if uses[plan.request]:
-                held[plan.request] = result
+            request = plan.request
+            if request in held:
+                result = held[request]
+            elif request in seen:  # its result was not kept: download it again
+                result = next(self.fetch_many([request], policy, mirror))
             else:
-                held.pop(plan.request, None)
+                seen.add(request)
+                result = next(results)
+            uses[request] -= 1
+            size = len(result.data or b"")
+            if not uses[request]:
+                if held.pop(request, None) is not None:
+                    held_bytes -= size
+            elif request not in held and held_bytes + size <= budget:
+                held[request] = result
+                held_bytes += size
             yield plan.finish(result)
 
     def note(self, reason: str, n: int = 1) -> None:
