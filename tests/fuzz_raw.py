@@ -27,6 +27,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,11 +110,15 @@ class _Zeros(io.RawIOBase):
 
 def _huge_field(path: Path, rng: random.Random) -> None:
     data = path.read_bytes()
-    if path.name.endswith(".gz"):
-        data = gzip.decompress(data)
+    packed = path.name.endswith(".gz")
+    if packed:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error):  # an earlier corruption of this case broke it: insert raw
+            packed = False
     at = rng.randrange(len(data) + 1)
     data = data[:at] + b"A" * (24 << 20) + data[at:]
-    path.write_bytes(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+    path.write_bytes(gzip.compress(data, mtime=0) if packed else data)
 
 
 def corrupt(raw: Path, rng: random.Random) -> list[str]:

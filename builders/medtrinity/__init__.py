@@ -9,15 +9,18 @@ Raw layout: the gated Hub repository, in either or both of its two shapes.
 
 The layout is detected from those folder names. Splits: 25M_full rows go to ``train``; 25M_demo rows go
 to ``demo``, or to ``train`` when the raw folder has no 25M_full. Keys are the upstream ``id`` (so a
-demo row whose id is also in 25M_full counts as a ``duplicate_key`` of it), or ``sha1`` of
-``source|file_name`` when the id is missing or not key-safe.
+demo row whose id is also in 25M_full counts as a ``duplicate_key`` of it), or ``sha1-`` + 16 hex of
+sha1 of the id, else of ``source|file_name``, when the id is missing, not key-safe or itself of that
+form (hashed keys never equal a literal id).
 
-The tars are streamed, never extracted (``shards``). ``partitions`` streams every shard once for its
-member names (an index basename -> (shard, position)); each shard then becomes one partition whose
-rows are ordered by the position of their image in the shard, so ``records`` streams the shard once
-and holds one image at a time. Rows whose basename is in no shard
-fail with ``image_not_accessible``; a truncated shard is noted as ``shard_truncated:<name>`` and the
-rows whose image lies past the break fail with ``shard_truncated``; the other shards build.
+The tars are streamed, never extracted (``shards``): ``partitions`` streams every shard once for its
+member names; each shard becomes one partition whose rows are in the order of their image in the
+shard, so ``records`` streams it once, one image at a time, and reads no member whose header size is
+over ``max_image_bytes`` (``image_too_large``). Rows whose basename is in no shard fail with
+``image_not_accessible``; a truncated shard is noted ``shard_truncated:<name>`` and the rows whose
+image lies past the break fail with ``shard_truncated``. Parquet is read in batches (``tables``): a
+row that does not decode fails (``row_not_utf8``, ``malformed_row``, or ``parquet_unreadable`` for the
+rest of a damaged row group); a caption over ``max_row_bytes`` is ``row_too_large``.
 
 The caption is kept whole as ``text``. No ROI boxes or masks are released as data, so ``roi_bbox`` and
 ``roi_mask`` stay null (they are never derived from the caption). ``license`` is the configured
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -42,15 +45,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from vldata import Builder, Config, Failed, Image, Partition, Record, RowContext, StructuralError
+from vldata import (
+    Builder,
+    Config,
+    Failed,
+    Image,
+    Partition,
+    Record,
+    RowContext,
+    StructuralError,
+)
 from vldata.layout import valid_key
 
-from .shards import ShardTruncated, read_member, stream_members
+from .shards import ShardTruncated, index_shards, read_member, stream_members
+from .tables import Unreadable, check_columns, raw_json, row_group_rows, rows_at
 
 DEMO, FULL, ACCESSIBLE = "25M_demo", "25M_full", "25M_accessible"
 DEMO_COLUMNS = ("image", "id", "caption")
 FULL_COLUMNS = ("file_name", "caption")
 FULL_OPTIONAL = ("id", "source")
+HASHED = "sha1-"  # the prefix of keys hashed from rows whose id is missing or not key-safe
+_HASHED = re.compile(r"^sha1-[0-9a-f]{16}$")
 
 
 class MedTrinityRecord(Record):
@@ -73,33 +88,28 @@ class MedTrinityConfig(Config):
     license: str | None = Field(default=None, description="Licence for rows whose source has none configured.")
     source_licenses: dict[str, str] = Field(default_factory=dict, description="Licence per upstream source name.")
     rows_per_partition: int = Field(default=1024, gt=0, description="Rows per unit of work for rows with no shard.")
+    max_row_bytes: int = Field(default=16 << 20, gt=0, description="Rows with a longer caption are row_too_large.")
+    max_image_bytes: int = Field(default=64 << 20, gt=0, description=(
+        "Larger images (shard members by their header size, before reading) are image_too_large."))
 
 
 def _files(root: Path, pattern: str) -> list[Path]:
     return sorted(p for p in root.rglob(pattern) if p.is_file())
 
 
-def _check_columns(path: Path, required: tuple[str, ...]) -> list[str]:
-    try:
-        names = pq.ParquetFile(path).schema_arrow.names
-    except Exception as e:  # noqa: BLE001 — any unreadable parquet footer is structural
-        raise StructuralError(f"{path}: not a readable parquet file ({type(e).__name__})") from None
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise StructuralError(f"{path}: missing required column '{missing[0]}'"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return names
-
-
 def _text_or_none(v) -> str | None:
     return None if v is None else str(v)
 
 
-def _key(row_id: str | None, source: str | None, file_name: str | None, fallback: str) -> str:
-    if row_id and valid_key(row_id):
+def _row_key(row: dict | Unreadable, ref: str) -> str:
+    """The id when it is key-safe and not of the hashed form, else ``HASHED`` + 16 hex digits of sha1
+    of the id (else of ``source|file_name``, else of the ref): the two never collide."""
+    row = {} if isinstance(row, Unreadable) else row
+    row_id, file_name = _text_or_none(row.get("id")), _text_or_none(row.get("file_name"))
+    if row_id and valid_key(row_id) and not _HASHED.match(row_id):
         return row_id
-    basis = row_id if row_id else (f"{source}|{file_name}" if file_name else fallback)
-    return hashlib.sha1(basis.encode()).hexdigest()[:16]
+    basis = row_id if row_id else (f"{_text_or_none(row.get('source'))}|{file_name}" if file_name else ref)
+    return HASHED + hashlib.sha1(basis.encode()).hexdigest()[:16]
 
 
 def _mode(data: bytes) -> str | None:
@@ -110,13 +120,6 @@ def _mode(data: bytes) -> str | None:
             return im.mode
     except Exception:  # noqa: BLE001 — the image policy reports the real problem
         return None
-
-
-def _raw_json(row: dict) -> str:
-    row = dict(row)
-    if isinstance(row.get("image"), dict):
-        row["image"] = {"path": row["image"].get("path")}
-    return json.dumps(row, ensure_ascii=False, sort_keys=True, default=str)
 
 
 class MedTrinityBuilder(Builder):
@@ -137,9 +140,9 @@ class MedTrinityBuilder(Builder):
         if full and not (raw / ACCESSIBLE).is_dir():
             raise StructuralError(f"{raw / ACCESSIBLE}: required folder not found (the images of {FULL})")
         for path in demo:
-            _check_columns(path, DEMO_COLUMNS)
+            check_columns(path, DEMO_COLUMNS)
         for path in full:
-            _check_columns(path, FULL_COLUMNS)
+            check_columns(path, FULL_COLUMNS)
         parts = self._full_partitions(raw, full) if full else []
         demo_split = "demo" if full else "train"
         for path in demo:
@@ -152,28 +155,13 @@ class MedTrinityBuilder(Builder):
 
     def _full_partitions(self, raw: Path, files: list[Path]) -> list[Partition]:
         shards = _files(raw / ACCESSIBLE, "*.tar.zst")
-        where: dict[str, tuple[int, int]] = {}  # basename -> (shard, member position); first shard wins
-        truncated: dict[int, str] = {}
-        duplicates = 0
-        for si, shard in enumerate(shards):
-            pos = 0
-            try:
-                for member, _ in stream_members(shard):
-                    base = member.name.rsplit("/", 1)[-1]
-                    if base in where:
-                        duplicates += 1
-                    else:
-                        where[base] = (si, pos)
-                    pos += 1
-            except ShardTruncated as e:
-                truncated[si] = str(e)
+        where, truncated, duplicates = index_shards(shards)
         by_shard: dict[int, list[tuple[int, int, int, int]]] = {}
         unmatched: list[tuple[int, int, int]] = []
         for fi, path in enumerate(files):
-            pf = pq.ParquetFile(path)
-            for rg in range(pf.num_row_groups):
-                names = pf.read_row_group(rg, columns=["file_name"]).column(0).to_pylist()
-                for ri, name in enumerate(names):
+            for rg in range(pq.ParquetFile(path).num_row_groups):  # an unreadable row fails in records()
+                for ri, row in row_group_rows(path, rg, ["file_name"]):
+                    name = None if isinstance(row, Unreadable) else row["file_name"]
                     hit = where.get(str(name).rsplit("/", 1)[-1]) if name is not None else None
                     if hit is None:
                         unmatched.append((fi, rg, ri))
@@ -212,29 +200,14 @@ class MedTrinityBuilder(Builder):
             hint = f"; truncated shards: {', '.join(p['truncated'])}" if p["truncated"] else ""
             for loc in p["rows"]:
                 row, ref, key = rows[loc]
-                yield Failed(key, "image_not_accessible",
-                             f"{row.get('file_name')!r} is in no {ACCESSIBLE} shard{hint}", ref)
+                yield self._record(rows[loc], None, ctx) if isinstance(row, Unreadable) else Failed(
+                    key, "image_not_accessible", f"{row.get('file_name')!r} is in no {ACCESSIBLE} shard{hint}", ref)
             return
         yield from self._shard(p, rows, ctx)
 
-    def _full_rows(self, p: dict) -> dict[tuple[int, int, int], tuple[dict, str, str]]:
-        """The partition's metadata rows, read by row group: {(file, row group, row): (row, ref, key)}."""
-        wanted: dict[tuple[int, int], set[int]] = {}
-        for loc in p["rows"]:
-            fi, rg, ri = loc[-3:]
-            wanted.setdefault((fi, rg), set()).add(ri)
-        out = {}
-        for (fi, rg), indices in sorted(wanted.items()):
-            pf = pq.ParquetFile(p["files"][fi])
-            offset = sum(pf.metadata.row_group(i).num_rows for i in range(rg))
-            table = pf.read_row_group(rg)
-            order = sorted(indices)
-            for ri, row in zip(order, table.take(order).to_pylist()):
-                row_id = _text_or_none(row.get("id"))
-                key = _key(row_id, _text_or_none(row.get("source")), _text_or_none(row.get("file_name")),
-                           f"{p['rels'][fi]}:{offset + ri}")
-                out[(fi, rg, ri)] = (row, f"{p['rels'][fi]}:{offset + ri}", key)
-        return out
+    def _full_rows(self, p: dict) -> dict[tuple[int, int, int], tuple[dict | Unreadable, str, str]]:
+        """The partition's metadata rows: {(file, row group, row): (row, ref, key)}."""
+        return {loc: (row, ref, _row_key(row, ref)) for loc, row, ref in rows_at(p["files"], p["rels"], p["rows"])}
 
     def _shard(self, p: dict, rows: dict, ctx: RowContext) -> Iterator[Record | Failed]:
         shard = Path(p["shard"])
@@ -243,7 +216,9 @@ class MedTrinityBuilder(Builder):
         try:
             for pos, (member, tar) in enumerate(stream_members(shard)):
                 if i < len(pending) and pending[i][0] == pos:
-                    data = read_member(tar, member, shard)
+                    cap = self.config.max_image_bytes  # the size from the header, before reading
+                    data = read_member(tar, member, shard) if member.size <= cap else Unreadable(
+                        "image_too_large", f"{shard.name}:{member.name}: {member.size} bytes, over max_image_bytes={cap}")
                     while i < len(pending) and pending[i][0] == pos:
                         yield self._record(rows[pending[i][1:]], data, ctx, shard.name, member.name)
                         i += 1
@@ -257,21 +232,28 @@ class MedTrinityBuilder(Builder):
             yield Failed(key, "image_not_accessible", f"{shard.name}: member no longer present", ref)
 
     def _demo(self, p: dict, ctx: RowContext) -> Iterator[Record | Failed]:
-        pf = pq.ParquetFile(p["file"])
-        offset = sum(pf.metadata.row_group(i).num_rows for i in range(p["row_group"]))
-        for ri, row in enumerate(pf.read_row_group(p["row_group"]).to_pylist()):
+        meta = pq.ParquetFile(p["file"]).metadata
+        offset = sum(meta.row_group(i).num_rows for i in range(p["row_group"]))
+        for ri, row in row_group_rows(p["file"], p["row_group"]):
             ref = f"{p['rel']}:{offset + ri}"
-            image = row.get("image")
+            image = None if isinstance(row, Unreadable) else row.get("image")
             data = image.get("bytes") if isinstance(image, dict) else None
-            yield self._record((row, ref, _key(_text_or_none(row.get("id")), None, None, ref)), data, ctx)
+            yield self._record((row, ref, _row_key(row, ref)), data, ctx)
 
-    def _record(self, entry: tuple[dict, str, str], data: bytes | None, ctx: RowContext, shard: str | None = None,
-                member: str | None = None) -> Record | Failed:
+    def _record(self, entry: tuple[dict | Unreadable, str, str], data: bytes | Unreadable | None, ctx: RowContext,
+                shard: str | None = None, member: str | None = None) -> Record | Failed:
         """A 25M_full row with its shard member's bytes, or a 25M_demo row (no shard) with its image."""
         row, ref, key = entry
+        for bad in (row, data):
+            if isinstance(bad, Unreadable):
+                return Failed(key, bad.reason, bad.message, ref)
         caption = _text_or_none(row.get("caption"))
         if not caption:
             return Failed(key, "caption_missing", "empty caption", ref)
+        if len(caption) > self.config.max_row_bytes:
+            return Failed(key, "row_too_large", f"a caption of {len(caption)} characters", ref)
+        if data is not None and len(data) > self.config.max_image_bytes:
+            return Failed(key, "image_too_large", f"{len(data)} bytes, over max_image_bytes", ref)
         img = ctx.image(data, "image struct has no bytes")
         if not isinstance(img, Image):
             return Failed(key, img.reason, f"{shard}:{member}: {img.message}" if shard else img.message, ref)
@@ -282,7 +264,7 @@ class MedTrinityBuilder(Builder):
             file_name=_text_or_none(row.get("file_name")) if full else None, source=source, image=img,
             image_mode=_mode(data), image_shard=shard, image_member=member, roi_bbox=None, roi_mask=None,
             license=self.config.source_licenses.get(source or "", self.config.license) if full else self.config.license,
-            raw=_raw_json(row))
+            raw=raw_json(row))
 
     def write_sample(self, raw: Path, n: int, seed: int) -> None:
         from .sample import write_sample

@@ -42,15 +42,21 @@ names the template used. Negatives never enter the text.
 Annotation rows whose ImageID is in no image-info file are counted as notes
 (``<kind>_rows_without_image_info``, in the split of the bucket's first partition); an annotation row
 that does not parse is noted as ``malformed_<kind>_row`` (for narratives also a line that is not a
-JSON object with a string ``image_id``, noted before grouping).
+JSON object with a string ``image_id``, noted before grouping), one over ``max_row_bytes`` as
+``<kind>_row_too_large``. Hostile input (``containers``) costs only its own rows: an image-info row
+over ``max_row_bytes``, not UTF-8, refused by csv or naming an unknown ``Subset`` fails
+(``row_too_large``, ``row_not_utf8``, ``malformed_row``, ``bad_subset``); an image over
+``max_image_bytes`` is not read (``image_too_large``); a broken tarball is noted
+``tarball_truncated:<name>`` and the rows still waiting for it fail ``tarball_truncated``; a masks zip
+that does not open is noted ``masks_zip_unreadable:<name>``.
 
 Not done: the narratives' ``.ogg`` voice recordings (only their path is kept) and their captions as
 ``text``; the relationship vocabulary and segmentation class lists.
 
 This module is the dataset's description: its Record, Config and how an image-info row with its
 annotations and image becomes a record. Recognising and reading the raw files, the spill and the image
-lookup are in ``files``, the annotation structs and their parsing in ``annotations``, the synthetic
-sample in ``sample``. A builder does no I/O plumbing, sharding, retries or format code.
+lookup are in ``files`` (reading containers in bounded memory in ``containers``), the annotation
+structs and their parsing in ``annotations``, the synthetic sample in ``sample``. A builder does no I/O plumbing, sharding, retries or format code.
 """
 
 from __future__ import annotations
@@ -58,7 +64,6 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -70,10 +75,32 @@ from pydantic import Field
 from vldata import Builder, Config, Failed, Image, Partition, Record, RowContext
 from vldata.layout import valid_key
 
-from .annotations import (F32, I64, Box, Label, Mask, Narrative, Point, Relationship, annotations, opt_float, opt_int,
-                          opt_str)
-from .files import (SPLITS, class_names, hierarchy_edges, image_sources, input_files, is_image_id, read_bucket, spill,
-                    with_images)
+from .annotations import (
+    F32,
+    I64,
+    Box,
+    Label,
+    Mask,
+    Narrative,
+    Point,
+    Relationship,
+    annotations,
+    opt_float,
+    opt_int,
+    opt_str,
+)
+from .containers import BadRow, open_zips
+from .files import (
+    SPLITS,
+    classes_table,
+    hierarchy_edges,
+    image_sources,
+    input_files,
+    is_image_id,
+    read_bucket,
+    spill,
+    with_images,
+)
 
 TEMPLATES = {
     "human_positive": "a photo of {labels}",
@@ -114,6 +141,9 @@ class OpenImagesConfig(Config):
     spill_dir: str | None = Field(default=None, description=(
         "Where the grouped spill files go, kept for reuse. Default: the engine's scratch folder, removed "
         "when the build completes (the temp dir when partitions() runs outside the engine)."))
+    max_row_bytes: int = Field(default=16 << 20, gt=0, description="Longer CSV/JSON-lines rows are row_too_large.")
+    max_image_bytes: int = Field(default=64 << 20, gt=0, description=(
+        "Larger image files, tarball members or mask members are refused before they are read (image_too_large)."))
 
 
 # ------------------------------------------------------------------------------------------ builder
@@ -129,14 +159,14 @@ class OpenImagesBuilder(Builder):
 
     def partitions(self, raw: Path) -> list[Partition]:
         raw = Path(raw)
-        found = input_files(raw)
+        found = input_files(raw, self.config.max_row_bytes)
         k = self.config.prefix_chars
         digest = hashlib.sha1(json.dumps(
-            [self.version, k, str(raw.resolve())]
+            [self.version, "spill-2", k, self.config.max_row_bytes, str(raw.resolve())]
             + [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for fs in found.values() for p, _ in fs]).encode()
         ).hexdigest()[:16]
         folder = Path(self.config.spill_dir or self.scratch or tempfile.gettempdir()) / f"vldata-open_images-{digest}"
-        counts, notes = spill(raw, found, folder, k)
+        counts, notes = spill(raw, found, folder, k, self.config.max_row_bytes)
         images = image_sources(raw)
         mask_zips = sorted(raw.rglob("*-masks-*.zip"))
         order = {s: i for i, s in enumerate(SPLITS)}
@@ -155,23 +185,13 @@ class OpenImagesBuilder(Builder):
         return parts
 
     def side_tables(self, raw: Path) -> dict[str, pa.Table]:
-        files = input_files(Path(raw))
+        cap = self.config.max_row_bytes
+        files = input_files(Path(raw), cap)
         tables: dict[str, pa.Table] = {}
         described = [p for p, _ in files.get("classes", [])]
         trainable_files = [p for p, _ in files.get("trainable", [])]
         if described or trainable_files:
-            names = class_names(described)
-            boxable_files = [p for p in described if "boxable" in p.name.lower()]
-            boxable = set(class_names(boxable_files)) if boxable_files else None
-            trainable = {line.strip() for p in trainable_files
-                         for line in p.read_text(encoding="utf-8").splitlines() if line.strip()} or None
-            labels = sorted(set(names) | (trainable or set()))
-            tables["classes"] = pa.table({
-                "label": labels, "display_name": [names.get(m) for m in labels],
-                "is_boxable": [None if boxable is None else m in boxable for m in labels],
-                "is_trainable": [None if trainable is None else m in trainable for m in labels],
-            }, schema=pa.schema([("label", pa.string()), ("display_name", pa.string()),
-                                 ("is_boxable", pa.bool_()), ("is_trainable", pa.bool_())]))
+            tables["classes"] = classes_table(described, trainable_files, cap)
         if files.get("hierarchy"):
             edges = list(dict.fromkeys(e for p, _ in files["hierarchy"] for e in hierarchy_edges(p)))
             tables["hierarchy"] = pa.table([list(c) for c in zip(*edges)] if edges else [[], [], []],
@@ -186,9 +206,10 @@ class OpenImagesBuilder(Builder):
         split = p["split"]
         classes, attributes, infos, ann = read_bucket(
             Path(p["spill"]), p["prefix"], split, ctx.note if p["count_orphans"] else None)  # orphans once per bucket
-        zips = [zipfile.ZipFile(z) for z in p["zips"]]
+        zips = open_zips(p["zips"], ctx.note)
         try:
-            for ref, row, data, source in with_images(infos, Path(p["dir"]) if p["dir"] else None, p["tars"]):
+            for ref, row, data, source in with_images(infos, Path(p["dir"]) if p["dir"] else None, p["tars"],
+                                                      self.config.max_image_bytes, ctx.note):
                 yield self._record(ref, row, split, ann.get(row["ImageID"].strip(), {}), classes, attributes,
                                    data, source, zips, ctx)
         finally:
@@ -197,7 +218,9 @@ class OpenImagesBuilder(Builder):
 
     def _record(self, ref, row, split, ann, classes, attributes, data, source, zips, ctx):
         image_id = row["ImageID"].strip()
-        key = image_id if valid_key(image_id) else hashlib.sha1(image_id.encode()).hexdigest()[:16]
+        key = image_id if valid_key(image_id) else hashlib.sha1((image_id or ref).encode()).hexdigest()[:16]
+        if row.get("__bad"):  # unreadable bytes, or no known split (files._info_row)
+            return Failed(key, row["__bad"][0], row["__bad"][1], ref)
         if not is_image_id(image_id):
             return Failed(key, "bad_image_id", f"ImageID {image_id!r} is not 16 lowercase hex characters", ref)
         if not row.pop("__ncols", True):
@@ -209,9 +232,11 @@ class OpenImagesBuilder(Builder):
         except ValueError:
             return Failed(key, "bad_rotation", f"Rotation {row.get('Rotation')!r}", ref)
         try:
-            size = opt_int(row.get("OriginalSize"))
+            size = opt_int(row.get("OriginalSize"), 64)
         except ValueError:
             return Failed(key, "malformed_row", f"OriginalSize {row.get('OriginalSize')!r}", ref)
+        if isinstance(data, BadRow):
+            return Failed(key, data.reason, data.message, ref)
         img = ctx.image(data, f"{image_id}.jpg in no {split} folder or tarball")
         if not isinstance(img, Image):
             return Failed(key, img.reason, img.message, ref)

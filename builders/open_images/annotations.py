@@ -3,8 +3,10 @@ how the spilled annotation rows of one image become them.
 
 Boxes keep the upstream ``XMin,XMax,YMin,YMax`` order and ``-1`` flags; human labels keep confidence 0
 (a verified negative); a relationship ``is`` names its ``label2`` from the attribute descriptions;
-masks take their PNG from the masks zips when given; narratives follow docs/RAW_FORMATS.md §3.4. A row
-that does not parse is noted as ``malformed_<kind>_row`` and left out; the record is still built.
+masks take their PNG from the masks zips when given (a member over ``max_image_bytes`` by its header is
+not read: noted ``mask_member_too_large``; one that does not decode, ``mask_member_corrupt``); narratives
+follow docs/RAW_FORMATS.md §3.4. A row that does not parse (an integer out of its column's range
+included) is noted as ``malformed_<kind>_row`` and left out; the record is still built.
 
 It reads only what it is handed (rows, open masks zips): it must not look at the raw folder or decide
 the record's key, text or failure (the builder in ``__init__`` does), and does no sharding, retries or
@@ -19,6 +21,8 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from vldata import Image, RowContext
+
+from .containers import BadRow, read_zip_member
 
 F32 = Annotated[float, pa.float32()]
 I8 = Annotated[int, pa.int8()]
@@ -112,10 +116,18 @@ def opt_float(v: str | None) -> float | None:
     return float(v)
 
 
-def opt_int(v: str | None) -> int | None:
+def opt_int(v: str | None, bits: int = 32) -> int | None:
     if v is None or v.strip() == "":
         return None
-    return int(float(v))
+    return int(fits(float(v), bits))
+
+
+def fits(v, bits: int):
+    """``v`` itself; ValueError when it is a number outside a signed ``bits``-bit column (or NaN), so
+    that it fails here rather than overflow when the part is written."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and not abs(v) < 2.0 ** (bits - 1):
+        raise ValueError(f"{v!r} does not fit {bits} bits")
+    return v
 
 
 def opt_str(v: str | None) -> str | None:
@@ -146,7 +158,7 @@ def annotations(ann: dict[str, list], classes: dict[str, str], attributes: dict[
                         label=a["LabelName"], display_name=name(a["LabelName"]), source=a.get("Source") or "",
                         confidence=float(a.get("Confidence") or 1),
                         xmin=float(a["XMin"]), xmax=float(a["XMax"]), ymin=float(a["YMin"]), ymax=float(a["YMax"]),
-                        **{f: int(a.get(c) or -1) for f, c in zip(
+                        **{f: fits(int(a.get(c) or -1), 8) for f, c in zip(
                             ("is_occluded", "is_truncated", "is_group_of", "is_depiction", "is_inside"), FLAGS)},
                         xclick=xclick))
                 elif kind == "vrd":
@@ -160,13 +172,14 @@ def annotations(ann: dict[str, list], classes: dict[str, str], attributes: dict[
                 elif kind == "seg":
                     mask = None
                     for z in zips:
-                        try:
-                            mask = z.read(a["MaskPath"])
+                        mask = read_zip_member(z, a["MaskPath"], ctx.config.max_image_bytes)
+                        if mask is not None:
                             break
-                        except KeyError:
-                            continue
                     if zips and mask is None:
                         ctx.note("mask_png_missing")
+                    elif isinstance(mask, BadRow):  # mask_member_too_large, mask_member_corrupt
+                        ctx.note(f"mask_{mask.reason}")
+                        mask = None
                     mask_index = None
                     if mask is not None:
                         mimg = ctx.image(mask)
@@ -188,7 +201,7 @@ def annotations(ann: dict[str, list], classes: dict[str, str], attributes: dict[
                         unsure_votes=opt_int(a.get("UnsureVotes")), text_label=opt_str(a.get("TextLabel"))))
                 elif kind == "narratives":
                     narratives.append(Narrative(
-                        annotator_id=a["annotator_id"], caption=a["caption"], timed_caption=a["timed_caption"],
+                        annotator_id=fits(a["annotator_id"], 32), caption=a["caption"], timed_caption=a["timed_caption"],
                         traces=a["traces"],
                         voice_recording=a.get("voice_recording") or None))
             except (ValueError, KeyError, TypeError):

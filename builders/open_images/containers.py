@@ -1,0 +1,214 @@
+"""Open Images' raw containers read in bounded memory, their damage turned into values to count.
+
+* CSV and JSON-lines files are read as bytes, a physical line at most ``max_bytes + 1`` at a time, so a
+  row never holds more than ``max_bytes`` (a longer one is skipped to its end and reported as
+  ``row_too_large``). Fields have no size limit of their own (csv's 128 KiB default is lifted: the
+  row cap bounds them). Bytes that are not UTF-8 make their row ``row_not_utf8``; what the csv
+  module refuses (a lone CR ending a line inside an unquoted field, ...) makes it ``malformed_row``.
+  Either way the reader goes on with the next row.
+* Image tarballs are streamed (gzip, then ``r|``), never extracted; a member's size is taken from its header
+  and compared with the cap before it is read. A tarball that breaks off or does not decode raises
+  ``ContainerBroken`` (also when it ends without the end-of-archive blocks), with what was yielded
+  before the break kept.
+* Mask zips are opened tolerantly (``open_zip`` gives None for one that is not a readable zip) and a
+  member is read only when its header size is within the cap.
+
+Knows no Records, keys or reasons beyond these; ``files`` and the builder decide what a row means.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import sys
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, NamedTuple
+
+_CHUNK = 1 << 20
+_TAR_END = 1024  # a complete tar ends with two zero blocks
+
+
+class BadRow(NamedTuple):
+    """A row that could not be read: a stable reason (``row_too_large``, ``row_not_utf8``,
+    ``malformed_row``) and what went wrong."""
+
+    reason: str
+    message: str
+
+
+class ContainerBroken(Exception):
+    """A tarball or zip that is truncated or does not decode; the message names the file."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _utf8(values: list[str]) -> bool:
+    try:
+        "\x1f".join(values).encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a surrogate escape of an undecodable byte
+        return False
+
+
+def _skip_line(f: IO[bytes], line: bytes) -> None:
+    """Consume the rest of a physical line of which ``line`` was the start."""
+    while line and not line.endswith(b"\n"):
+        line = f.readline(_CHUNK)
+
+
+def csv_rows(path: Path, max_bytes: int) -> Iterator[tuple[int, list[str] | BadRow]]:
+    """(row number from 1, values or BadRow) of every row of a CSV, blank rows as ``[]``."""
+    csv.field_size_limit(sys.maxsize)
+    size = [0]
+
+    def lines(f: IO[bytes]) -> Iterator[str]:
+        while True:
+            line = f.readline(max_bytes + 1)
+            if not line:
+                return
+            size[0] += len(line)
+            if size[0] > max_bytes:
+                _skip_line(f, line)
+                raise _TooLarge
+            yield line.decode("utf-8", errors="surrogateescape")
+
+    with open(path, "rb") as f:
+        reader, number = csv.reader(lines(f)), 0
+        while True:
+            size[0] = 0
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except _TooLarge:
+                reader = csv.reader(lines(f))  # the old reader's line source has ended
+                values = BadRow("row_too_large", f"a row over {max_bytes} bytes")
+            except csv.Error as e:
+                values = BadRow("malformed_row", f"csv: {e}")
+            else:
+                if not _utf8(values):
+                    values = BadRow("row_not_utf8", "bytes that are not UTF-8")
+            number += 1
+            yield number, values
+
+
+def jsonl_rows(path: Path, max_bytes: int) -> Iterator[tuple[int, object | BadRow]]:
+    """(line number, parsed JSON value or BadRow) of every non-blank line of a JSON-lines file; a line
+    that is not JSON is ``malformed_row``."""
+    with open(path, "rb") as f:
+        number = 0
+        while True:
+            line = f.readline(max_bytes + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) > max_bytes:
+                _skip_line(f, line)
+                yield number, BadRow("row_too_large", f"a line over {max_bytes} bytes")
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, BadRow("row_not_utf8", "bytes that are not UTF-8")
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")  # no lone surrogate escapes
+            except (ValueError, RecursionError) as e:
+                yield number, BadRow("malformed_row", f"not JSON: {str(e)[:200]}")
+                continue
+            yield number, obj
+
+
+def text_lines(path: Path, max_bytes: int) -> Iterator[str]:
+    """The stripped, non-empty, readable lines of a text file (others are skipped)."""
+    with open(path, "rb") as f:
+        while line := f.readline(max_bytes + 1):
+            if len(line) > max_bytes:
+                _skip_line(f, line)
+                continue
+            try:
+                text = line.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                continue
+            if text:
+                yield text
+
+
+# ------------------------------------------------------------------------------------------ archives
+
+def stream_tarball(path: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    """Regular-file members of a ``.tar.gz`` in order, streamed; raises ContainerBroken at a break.
+    Read to its end, the gzip trailer (CRC and length) is checked too."""
+    name = Path(path).name
+    try:
+        with gzip.open(path, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+            for member in tar:
+                if member.isfile():
+                    yield member, tar
+            end, stream = tar.offset, tar.fileobj
+            while stream.read(_CHUNK):  # tarfile stops silently where data ends between members
+                pass
+            if stream.tell() < end + _TAR_END:
+                raise ContainerBroken(f"{name}: truncated (no end-of-archive after {end} bytes)")
+    except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
+        raise ContainerBroken(f"{name}: truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def read_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
+    """The bytes of a member yielded by ``stream_tarball`` (its size checked by the caller)."""
+    try:
+        data = tar.extractfile(member).read(member.size)
+    except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
+        raise ContainerBroken(f"{Path(path).name}: truncated or corrupt inside {member.name} "
+                              f"({type(e).__name__}: {e})") from None
+    if len(data) != member.size:
+        raise ContainerBroken(f"{Path(path).name}: truncated inside {member.name}")
+    return data
+
+
+def open_zip(path: str | Path) -> zipfile.ZipFile | None:
+    """The zip, or None when it is not a readable zip (truncated, no central directory)."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError):
+        return None
+
+
+def open_zips(paths: list[str], note: Callable[[str], None]) -> list[zipfile.ZipFile]:
+    """The zips that open; each one that does not is noted ``masks_zip_unreadable:<name>``."""
+    out = []
+    for path in paths:
+        z = open_zip(path)
+        if z is None:
+            note(f"masks_zip_unreadable:{Path(path).name}")
+        else:
+            out.append(z)
+    return out
+
+
+def read_zip_member(z: zipfile.ZipFile, name: str, max_bytes: int) -> bytes | BadRow | None:
+    """A member's bytes; None when absent; ``BadRow('member_too_large' | 'member_corrupt', ...)``
+    when its header size is over ``max_bytes`` or it does not decode."""
+    try:
+        info = z.getinfo(name)
+    except KeyError:
+        return None
+    where = f"{Path(z.filename or '').name}:{name}"
+    if info.file_size > max_bytes:
+        return BadRow("member_too_large", f"{where}: {info.file_size} bytes > {max_bytes}")
+    try:
+        with z.open(info) as m:
+            return m.read(max_bytes + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError) as e:
+        return BadRow("member_corrupt", f"{where}: {type(e).__name__}: {e}")
