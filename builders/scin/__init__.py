@@ -10,6 +10,15 @@ Views: ``case`` (default, one record per case, first image primary) and ``image`
 image reference, key ``{case_id}_{n}``). ``text`` is built from the labels; ``text_template`` says
 which template produced it (see ``TEMPLATES``). Raw format: docs/RAW_FORMATS.md §6.
 
+Hostile input fails one case at a time: a cases row that cannot be read (``row_too_large``,
+``row_not_utf8``, ``malformed_row``, from ``vldata.ingest.tabular``) or whose ``case_id`` is not a key
+(``invalid_case_id``) is a counted failure; an unusable labels row is noted
+(``unusable_label_rows``) and its case fails ``labels_missing``; an ``image_N_path`` that is
+absolute, climbs (``..``) or names no regular file under ``images/`` is ``image_path_invalid`` and is
+never opened. A file whose stream breaks is noted (``truncated_file:<name>``/``corrupt_file:<name>``)
+and its rows before the break stand; rows counted by ``partitions`` that a worker no longer finds
+(the file changed meanwhile) fail ``file_changed``.
+
 This module is the dataset's description: its Record views, Config and how a case's rows and images
 become records. The CSVs' columns and value parsers are in ``columns``, the synthetic sample in
 ``sample``. A builder does no I/O plumbing, sharding, retries or format code (the engine does).
@@ -17,16 +26,19 @@ become records. The CSVs' columns and value parsers are in ``columns``, the synt
 
 from __future__ import annotations
 
-import os
+import stat
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from vldata import Builder, Config, Failed, Image, Partition, Record, RowContext, StructuralError
+from vldata.ingest import image as image_mod
+from vldata.ingest.tabular import BadRow
+from vldata.layout import safe_key, valid_key
 
 from .columns import CASES, LABELS, TEMPLATES, RowError, case_fields, image_refs, open_csvs
 
@@ -115,9 +127,13 @@ class ScinBuilder(Builder):
             if not (root / name).is_file():
                 raise StructuralError(f"{root / name}: required file not found")
         cases, labels = open_csvs(root)
+        notes: dict[str, int] = {}
         # the join index: case_id -> (offset, line) of its labels row; -1 marks a case_id seen twice
         label_index: dict[str, tuple[int, int]] = {}
         for offset, line, row in labels.scan():
+            if isinstance(row, BadRow) or not valid_key(row["case_id"]):  # its case fails labels_missing
+                notes["unusable_label_rows"] = notes.get("unusable_label_rows", 0) + 1
+                continue
             label_index[row["case_id"]] = (-1, line) if row["case_id"] in label_index else (offset, line)
         size = self.config.rows_per_partition
         parts: list[Partition] = []
@@ -127,18 +143,25 @@ class ScinBuilder(Builder):
             if chunk is None:
                 chunk = {"root": str(root), "offset": offset, "line": line, "n": 0, "images": 0, "labels": {}}
             chunk["n"] += 1
-            chunk["images"] += len(image_refs(row))
-            if row["case_id"] in label_index:
-                chunk["labels"][row["case_id"]] = label_index[row["case_id"]]
-                matched.add(row["case_id"])
+            if isinstance(row, BadRow):
+                chunk["images"] += 1  # one failure in either view
+            else:
+                chunk["images"] += len(image_refs(row))
+                if row["case_id"] in label_index:
+                    chunk["labels"][row["case_id"]] = label_index[row["case_id"]]
+                    matched.add(row["case_id"])
             if chunk["n"] == size:
                 parts.append(self._partition(len(parts), chunk))
                 chunk = None
         if chunk is not None:
             parts.append(self._partition(len(parts), chunk))
-        orphans = len(label_index) - len(matched)
-        if orphans and parts:
-            parts[0] = replace(parts[0], notes={"orphan_label_rows": orphans})
+        for name, damage in ((CASES, cases.damage), (LABELS, labels.damage)):
+            if damage:  # the file's rows before the damage stand
+                notes[f"{damage.reason}:{name}"] = 1
+        if len(label_index) - len(matched):
+            notes["orphan_label_rows"] = len(label_index) - len(matched)
+        if notes and parts:
+            parts[0] = replace(parts[0], notes=notes)
         return parts
 
     def _partition(self, index: int, chunk: dict) -> Partition:
@@ -146,19 +169,37 @@ class ScinBuilder(Builder):
         return Partition(index=index, split="train", input_rows=rows, payload=chunk)
 
     def records(self, partition: Partition, ctx: RowContext) -> Iterator[Record | Failed]:
+        yielded = 0
+        for outcome in self._records(partition, ctx):
+            yielded += 1
+            yield outcome
+        for n in range(yielded, partition.input_rows):  # only if the file changed or broke since partitions()
+            yield Failed(f"partition{partition.index:05d}_row{n:09d}", "file_changed",
+                         f"{CASES} ended before the rows counted when the build started", CASES)
+
+    def _records(self, partition: Partition, ctx: RowContext) -> Iterator[Record | Failed]:
         chunk = partition.payload
         root = Path(chunk["root"])
         cases, labels = open_csvs(root)
         with open(root / CASES, "rb") as fc, open(root / LABELS, "rb") as fl:
             for line, case in cases.read_at(fc, chunk["offset"], chunk["line"], chunk["n"]):
                 ref = f"{CASES}:{line}"
+                if isinstance(case, BadRow):
+                    yield Failed(f"scin_cases_line{line:09d}", case.reason, case.message, ref)
+                    continue
                 refs = image_refs(case)
-                keys = [case["case_id"]] if self.config.view == "case" else [f"{case['case_id']}_{i}" for i, _, _ in refs]
+                case_id = case["case_id"]
+                key = case_id if valid_key(case_id) else safe_key(case_id[:64])
+                keys = [key] if self.config.view == "case" else [f"{key}_{i}" for i, _, _ in refs]
                 try:
-                    where = chunk["labels"].get(case["case_id"])
+                    if not valid_key(case_id):
+                        raise RowError("invalid_case_id", f"case_id {case_id[:80]!r} is not [A-Za-z0-9_-]+")
+                    where = chunk["labels"].get(case_id)
                     if where is not None and where[0] < 0:
-                        raise RowError("labels_ambiguous", f"case_id {case['case_id']} has several rows in {LABELS}")
-                    label_row = None if where is None else next(labels.read_at(fl, where[0], where[1], 1))[1]
+                        raise RowError("labels_ambiguous", f"case_id {case_id} has several rows in {LABELS}")
+                    label_row = None if where is None else next(labels.read_at(fl, where[0], where[1], 1), (0, None))[1]
+                    if isinstance(label_row, BadRow):  # not indexed as such: only if the file changed
+                        raise RowError(label_row.reason, f"{LABELS}:{where[1]}: {label_row.message}")
                     fields = case_fields(case, label_row)
                 except RowError as e:
                     yield from (Failed(k, e.reason, e.message, ref) for k in keys)
@@ -169,9 +210,9 @@ class ScinBuilder(Builder):
                     yield self._case(fields, refs, root, ctx, ref)
                     continue
                 for (index, path, shot), key in zip(refs, keys):
-                    img = ctx.image(_read_image(root, path), f"{path} not found under {root / 'images'}")
+                    img = _load_image(root, path, ctx)
                     if not isinstance(img, Image):
-                        yield Failed(key, img.reason, f"{path}: {img.message}", ref)
+                        yield Failed(key, img.reason, f"{path[:200]}: {img.message}", ref)
                         continue
                     yield ScinImage(**{**fields, "key": key}, image=img, image_index=index, shot_type=shot)
 
@@ -180,10 +221,10 @@ class ScinBuilder(Builder):
             return Failed(fields["key"], "image_missing", "image_1_path is blank", ref)
         loaded, entries = {}, []
         for index, path, shot in refs:
-            img = ctx.image(_read_image(root, path), f"{path} not found under {root / 'images'}")
+            img = _load_image(root, path, ctx)
             ok = isinstance(img, Image)
             if not ok and index == 1:
-                return Failed(fields["key"], img.reason, f"{path}: {img.message}", ref)
+                return Failed(fields["key"], img.reason, f"{path[:200]}: {img.message}", ref)
             if not ok:
                 ctx.note(f"secondary_{img.reason}")
             loaded[index] = img if ok else None
@@ -197,10 +238,32 @@ class ScinBuilder(Builder):
         write_sample(raw, n, seed)
 
 
-def _read_image(root: Path, path: str) -> bytes | None:
-    """Bytes of an image referenced by its bucket path (``dataset/images/<id>.png``), or None."""
-    local = root / "images" / os.path.basename(path)
+class _PathProblem(NamedTuple):
+    reason: str
+    message: str
+
+
+def _load_image(root: Path, path: str, ctx: RowContext) -> Image | image_mod.ImageFailure | _PathProblem:
+    """The image an ``image_N_path`` names (bucket path ``dataset/images/<id>.png``), looked up by its
+    basename in ``images/``, or why not. A path that is absolute, climbs (``..``), names no file or is
+    not a regular file there is ``image_path_invalid`` and is never read."""
+    parts = path.replace("\\", "/").split("/")
+    name = parts[-1]
+    if path.startswith(("/", "\\")) or ".." in parts or "\0" in path or name in ("", ".") or len(path) > 4096:
+        return _PathProblem("image_path_invalid", "not a relative path to an image file")
+    local = root / "images" / name
     try:
-        return local.read_bytes()
+        mode = local.stat().st_mode
     except FileNotFoundError:
-        return None
+        return ctx.image(None, f"{path[:200]} not found under {root / 'images'}")
+    except OSError as e:
+        return _PathProblem("image_path_invalid", f"{type(e).__name__}: {e.strerror}")
+    if not stat.S_ISREG(mode):
+        return _PathProblem("image_path_invalid", f"{local} is not a regular file")
+    try:
+        data = local.read_bytes()
+    except FileNotFoundError:
+        data = None
+    except OSError as e:
+        return _PathProblem("image_path_invalid", f"{type(e).__name__}: {e.strerror}")
+    return ctx.image(data, f"{path[:200]} not found under {root / 'images'}")

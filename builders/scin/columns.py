@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
-from vldata.ingest.tabular import read_header, rows_with_offsets
+from vldata.ingest.tabular import BadRow, Damage, Rows, read_header
 
 CASES = "scin_cases.csv"
 LABELS = "scin_labels.csv"
@@ -138,7 +138,7 @@ def _labels(row: dict | None) -> dict:
         raise RowError("malformed_label_literal", "dermatologist_skin_condition_on_label_name: items must be strings")
     if not all(isinstance(c, int) and 1 <= c <= 5 for c in confidences):
         raise RowError("malformed_label_literal", "dermatologist_skin_condition_confidence: items must be ints 1-5")
-    if not all(isinstance(k, str) and isinstance(w, (int, float)) for k, w in weighted.items()):
+    if not all(isinstance(k, str) and isinstance(w, (int, float)) and abs(w) <= 1e30 for k, w in weighted.items()):
         raise RowError("malformed_label_literal", "weighted_skin_condition_label: expected {str: number}")
     ordered = sorted(weighted.items(), key=lambda kv: (-kv[1], kv[0]))
     return {
@@ -199,29 +199,36 @@ def image_refs(case: dict) -> list[tuple[int, str, str | None]]:
 
 class CsvFile:
     """A CSV with its header checked, read row by row with row offsets (``vldata.ingest.tabular``), so
-    that partitions carry offsets instead of rows and memory stays flat in the number of rows."""
+    that partitions carry offsets instead of rows and memory stays flat in the number of rows. A row
+    that could not be read comes out as its ``BadRow`` instead of a dict, counted like any other row;
+    ``damage`` is set when the file's stream broke before its end (the rows before it stand)."""
 
     def __init__(self, path: Path, required: tuple[str, ...], aliases: dict[str, str]):
         self.path = path
         self.header = read_header(path, required, aliases)
+        self.damage: Damage | None = None
 
     def _dict(self, values: list[str]) -> dict:
         values = values + [""] * (len(self.header) - len(values))
         return dict(zip(self.header, values))
 
-    def scan(self) -> Iterator[tuple[int, int, dict]]:
-        """Every data row: (byte offset, line number, row dict)."""
-        with open(self.path, "rb") as f:
-            rows = rows_with_offsets(f)
-            next(rows, None)  # header
-            for offset, line, values in rows:
-                yield offset, line, self._dict(values)
+    def _rows(self, rows: Rows) -> Iterator[tuple[int, int, dict | BadRow]]:
+        for row in rows:
+            yield row.offset, row.line, row.problem or self._dict(row.values)
+        self.damage = rows.damage
 
-    def read_at(self, f, offset: int, line: int, n: int) -> Iterator[tuple[int, dict]]:
-        """``n`` rows starting at ``offset`` of the open binary file ``f``: (line number, row dict)."""
-        f.seek(offset)
-        for _, line_no, values in islice(rows_with_offsets(f, first_line=line), n):
-            yield line_no, self._dict(values)
+    def scan(self) -> Iterator[tuple[int, int, dict | BadRow]]:
+        """Every data row: (byte offset, line number, row dict or BadRow)."""
+        with open(self.path, "rb") as f:
+            rows = self._rows(Rows(f))
+            next(rows, None)  # header
+            yield from rows
+
+    def read_at(self, f, offset: int, line: int, n: int) -> Iterator[tuple[int, dict | BadRow]]:
+        """At most ``n`` rows starting at ``offset`` of the open binary file ``f``: (line number, row
+        dict or BadRow); fewer only when the file ends or breaks first."""
+        for _, line_no, row in islice(self._rows(Rows(f, offset=offset, first_line=line)), n):
+            yield line_no, row
 
 
 def open_csvs(root: Path) -> tuple[CsvFile, CsvFile]:

@@ -27,6 +27,16 @@ which other files were downloaded. A URL repeated inside a partition is download
 Partitions are row ranges of one file; ``partitions`` reads every file once to count rows and note
 where each range starts (the uncompressed byte offset, so a worker seeks there instead of parsing).
 
+Hostile input (``vldata.ingest.tabular``): a row longer than 16 MiB is skipped in bounded memory and
+fails ``row_too_large``; a row with a field the ``csv`` module refuses (a lone CR) fails ``malformed_row``.
+Text is decoded strictly: a row that is not UTF-8 fails ``row_not_utf8`` rather than being kept with
+replacement characters, since a silently altered ``image_url`` or caption is worse than a counted
+failure. A ``.tsv.gz`` that is truncated or corrupt part-way is read up to the damage: those rows are
+built, and the file is noted as ``truncated_file:<file>`` or ``corrupt_file:<file>`` (should a worker
+find fewer rows than ``partitions`` counted, the rest fail with that reason, or ``file_changed``).
+Only a file whose header cannot be read (or that cannot be opened) stops the build, with one line
+naming it.
+
 The sample (``vldata sample wit RAW``, written by ``sample``) is gzipped TSVs for the three splits
 whose image URLs point at ``http://127.0.0.1:<port>`` (``vldata.ingest.loopback``).
 
@@ -37,7 +47,6 @@ The columns and their parsing are in ``columns``. It does no I/O plumbing (downl
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -146,11 +155,11 @@ class WitBuilder(Builder):
         if not files:
             raise StructuralError(f"{raw}: no WIT files (wit_v1.{{train,val,test}}.all-*.tsv.gz) found")
         full_train = any(m["split"] == "train" and m["part"] for _, m in files)
-        notes: dict[str, int] = {}
+        notes: dict[int, dict[str, int]] = {}  # partition index -> its notes
         chosen: dict[tuple[str, str], Path] = {}
         for path, m in files:
             if m["sample"] and full_train:
-                notes["skipped_1percent_sample"] = 1  # its rows are in the full train files
+                notes[0] = {"skipped_1percent_sample": 1}  # its rows are in the full train files
                 continue
             ident = (m["split"], m["part"] or "1pct")
             if ident in chosen:
@@ -166,27 +175,34 @@ class WitBuilder(Builder):
             try:
                 with open_binary(path) as f:
                     rows = columns.rows(f)
-                    next(rows)  # header
-                    for count, (offset, _) in enumerate(rows, 1):
+                    for count, row in enumerate(rows):  # the header is row 0
                         if count % size == 1 or size == 1:
-                            starts.append({"offset": offset, "first_row": count - 1})
-            except (OSError, EOFError, csv.Error) as e:  # e.g. a download cut short
-                raise StructuralError(f"{path}: unreadable after data row {count} ({type(e).__name__}: {e})") from None
+                            starts.append({"offset": row.offset, "first_row": count - 1})
+            except OSError as e:  # the file cannot be opened at all
+                raise StructuralError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+            first = len(parts)
             for start in starts:
                 n = min(size, count - start["first_row"])
                 parts.append(Partition(len(parts), split, {**common, **start}, n))
-        if parts and notes:
-            parts[0] = replace(parts[0], notes=notes)
+            if rows.damage:  # the rows before the break stand; the note goes with the file's split
+                at = len(parts) - 1 if len(parts) > first else 0
+                notes.setdefault(at, {})[f"{rows.damage.reason}:{common['rel']}"] = 1
+        for at, found in sorted(notes.items()):
+            if parts:
+                parts[at] = replace(parts[at], notes={**parts[at].notes, **found})
         return parts
 
     def records(self, partition: Partition, ctx: RowContext) -> Iterator[Record | Failed | Filtered]:
         p, cfg = partition.payload, self.config
         plans: list[Pending | Failed | Filtered] = []
         with open_binary(Path(p["path"])) as f:
-            f.seek(p["offset"])
-            for i, (_, values) in enumerate(islice(columns.rows(f), partition.input_rows)):
+            rows = columns.rows(f, p["offset"])
+            for i, (_, _, values, problem) in enumerate(islice(rows, partition.input_rows)):
                 row_no = p["first_row"] + i
                 key, ref = f"{p['split']}_{p['part']}_{row_no:09d}", f"{p['rel']}:{row_no}"
+                if problem:
+                    plans.append(Failed(key, problem.reason, problem.message, ref))
+                    continue
                 try:
                     row = columns.fields(values, p["header"])
                 except columns.RowError as e:
@@ -198,6 +214,11 @@ class WitBuilder(Builder):
                     continue
                 finish = partial(self._record, key, ref, row_no, row, p, ctx)
                 plans.append(Pending(FetchRequest(row["image_url"] or None), finish))
+        for i in range(len(plans), partition.input_rows):  # the file broke sooner than when it was counted
+            row_no = p["first_row"] + i
+            reason, why = (rows.damage.reason, rows.damage.message) if rows.damage else ("file_changed", "file ended")
+            plans.append(Failed(f"{p['split']}_{p['part']}_{row_no:09d}", reason,
+                                f"{p['rel']}: {why} before this row", f"{p['rel']}:{row_no}"))
         yield from ctx.fetch_in_order(plans, cfg.fetch, cfg.mirror)  # a URL used by several rows: one download
 
     def _record(self, key: str, ref: str, row_no: int, row: dict, p: dict, ctx: RowContext,

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Literal
 
-from vldata.ingest.tabular import read_header, rows_with_offsets
+from vldata.ingest.tabular import Rows, read_header
 
 COLUMNS = (
     "language", "page_url", "image_url", "page_title", "section_title", "hierarchical_section_title",
@@ -83,9 +82,11 @@ def fields(values: list[str], header: list[str]) -> dict:
     return out
 
 
-def rows(f: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
-    """(uncompressed byte offset where the row starts, values) of each row from the current position."""
-    return ((offset, values) for offset, _, values in rows_with_offsets(f, "\t", errors="replace"))
+def rows(f: IO[bytes], offset: int | None = None) -> Rows:
+    """The rows of a TSV from ``offset`` (the current position when None): ``Row``s with the
+    uncompressed byte offset where each starts and its values, or its problem (``row_too_large``,
+    ``row_not_utf8``: text is decoded strictly, ``malformed_row``); ``damage`` once the stream broke."""
+    return Rows(f, "\t", offset=offset)
 
 
 def header(path: Path) -> list[str]:
