@@ -100,3 +100,54 @@ def test_resize_only_if_bigger_keeps_small_images():
 def test_encode_format_reencodes():
     out = load(encode(gradient(), "PNG"), ImagePolicy(encode_format="jpeg", encode_quality=90))
     assert out.format == "jpeg" and sniff(out.data) == "jpeg"
+
+
+def _png16(path, width: int, height: int) -> None:
+    """A 16-bit grayscale PNG of horizontal bands (0..65535), compressed row by row: a few hundred KB
+    on disk whatever its size, and never whole in memory here."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)))
+        body = [z.compress(b"\0" + struct.pack(">H", y * 65535 // (height - 1)) * width) for y in range(height)]
+        f.write(chunk(b"IDAT", b"".join(body) + z.flush()) + chunk(b"IEND", b""))
+
+
+CHECK_16BIT = """
+import sys
+import numpy as np
+from PIL import Image as PILImage
+from vldata.ingest.image import load
+out = load(open(sys.argv[1], "rb").read())
+assert out.format == "png" and (out.width, out.height) == (13000, 13000), out
+img = PILImage.open(__import__("io").BytesIO(out.data))
+assert img.mode == "L", img.mode
+column = np.asarray(img.crop((0, 0, 1, 13000))).ravel()
+assert column[0] == 0 and column[-1] == 255 and column[6500] == 128, column[[0, 6500, -1]]
+"""
+
+
+def test_a_sixteen_bit_png_near_max_pixels_converts_in_bounded_memory(tmp_path):
+    """169 Mpx (under the default max_pixels) in a 0.4 MB file: the decoded 16-bit image is 338 MB and
+    the 8-bit one 169 MB; the conversion must not add full-size wider copies (it once peaked at 1.9 GB).
+    The values are scaled (>> 8), not clipped."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fuzz_raw import RSS_LIMIT_KB, RUNNER
+
+    path = tmp_path / "big16.png"
+    _png16(path, 13000, 13000)
+    assert path.stat().st_size < 1 << 20
+    proc = subprocess.run([sys.executable, "-c", RUNNER, sys.executable, "-c", CHECK_16BIT, str(path)],
+                          capture_output=True, text=True, env={**os.environ, "FUZZ_TIMEOUT": "300"}, timeout=330)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0, result["err"]
+    assert result["rss_kb"] < RSS_LIMIT_KB, f"peak RSS {result['rss_kb'] // 1024} MB"

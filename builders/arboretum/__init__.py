@@ -5,7 +5,9 @@ Raw input: the metadata parquet "chunk" files (every ``*.parquet`` under RAW, so
 the columns ``photo_id, scientificName, kingdom, phylum, class, order, family, genus, species,
 common_name, photo_url`` (``species`` is the epithet only); ``taxonRank`` and a licence column
 (``license``, ``license_code`` or ``photo_license``) are optional. A file missing a required column
-stops the build before any work. Images are downloaded from ``photo_url`` (vldata.ingest.fetch) or read
+or whose footer does not read stops the build before any work; a damaged page or a string that is not
+UTF-8 fails only the rows it touches (``builders.laion.parquet_rows``), as does a ``photo_id`` that is
+not a positive integer (``invalid_photo_id``). Images are downloaded from ``photo_url`` (vldata.ingest.fetch) or read
 from ``images_dir`` laid out as arbor_process ``GetImages`` writes it (``<dir>/<chunk
 stem>/<photo_id>.jpg``, or flat ``<dir>/<photo_id>.jpg``); the format is sniffed from the bytes,
 since URL extensions and the ``.jpg`` names lie.
@@ -39,8 +41,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, create_model
 
 from vldata import Builder, Config, Failed, Filtered, Image, Partition, Pending, Record, RowContext, StructuralError
@@ -48,6 +48,8 @@ from vldata.ingest import loopback
 from vldata.ingest.rawfiles import raw_files
 from vldata.ingest.fetch import FetchPolicy, FetchRequest, FetchResult
 from vldata.layout import safe_key
+
+from vldata.ingest.parquet_rows import Unreadable, group_sizes, open_parquet, read_rows
 
 from .texts import FIELDS, MEMBERS, RANKS, TEXT_TYPES, texts
 
@@ -102,11 +104,20 @@ def _text(v: Any) -> str | None:
 
 
 def _photo_id(v: Any) -> int | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
+    """The key: a positive integer below 2**63 (digits are read exactly, not through a float)."""
+    if isinstance(v, bool):
         return None
-    return int(f) if math.isfinite(f) and f.is_integer() and 0 < f < 2**63 else None
+    if isinstance(v, str) and v.strip().isascii() and v.strip().isdigit():
+        n = int(v.strip()) if len(v.strip()) < 20 else 0
+    elif isinstance(v, int):
+        n = v
+    else:
+        try:
+            f = float(v)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        n = int(f) if math.isfinite(f) and f.is_integer() else 0
+    return n if 0 < n < 2**63 else None
 
 
 class ArboretumBuilder(Builder):
@@ -130,10 +141,7 @@ class ArboretumBuilder(Builder):
             raise StructuralError(f"images_dir: {self.config.images_dir} is not a folder")
         spans: list[tuple[dict, int, int, list[str | None]]] = []  # (payload, start, stop, scientific names)
         for path in files:
-            try:
-                pf = pq.ParquetFile(path)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise StructuralError(f"{path}: not a readable parquet file ({e})") from None
+            pf = open_parquet(path)
             names = pf.schema_arrow.names
             missing = [c for c in REQUIRED if c not in names]
             if missing:
@@ -141,12 +149,9 @@ class ArboretumBuilder(Builder):
             common = {"path": str(path), "rel": str(path.relative_to(root)), "chunk": path.stem,
                       "taxon_rank": "taxonRank" if "taxonRank" in names else None,
                       "license": next((c for c in LICENSE_COLUMNS if c in names), None)}
-            balancing = self.config.rare_threshold is not None or self.config.cap_threshold is not None
             first_row = 0
-            for rg in range(pf.num_row_groups):  # a partition never spans row groups: one is read at a time
-                group_rows = pf.metadata.row_group(rg).num_rows
-                sci = [_text(v) for v in pf.read_row_group(rg, columns=["scientificName"]).column(0).to_pylist()] \
-                    if balancing else [None] * group_rows
+            for rg, group_rows in enumerate(group_sizes(pf)):  # a partition never spans row groups
+                sci = self._names(str(path), rg, 0, group_rows) if self._balancing() else [None] * group_rows
                 for start in range(0, group_rows, self.config.rows_per_partition):
                     stop = min(group_rows, start + self.config.rows_per_partition)
                     spans.append(({**common, "row_group": rg, "first_row": first_row}, start, stop, sci[start:stop]))
@@ -163,6 +168,16 @@ class ArboretumBuilder(Builder):
             kept.update(n for n in names if n)
         return parts
 
+    def _balancing(self) -> bool:
+        return self.config.rare_threshold is not None or self.config.cap_threshold is not None
+
+    @staticmethod
+    def _names(path: str, rg: int, start: int, stop: int) -> list[str | None]:
+        """The scientific names of rows ``start..stop-1`` of a row group (None where unreadable): the
+        balancing key, read alone so that ``partitions`` and ``records`` see the same names."""
+        return [None if isinstance(row, Unreadable) else _text(row["scientificName"])
+                for _, row in read_rows(path, rg, start, stop, ["scientificName"])]
+
     def _is_rare(self, count: int) -> bool:
         return self.config.rare_threshold is not None and count < self.config.rare_threshold
 
@@ -173,29 +188,34 @@ class ArboretumBuilder(Builder):
 
     def records(self, partition: Partition, ctx: RowContext) -> Iterator[Record | Failed | Filtered]:
         p, cfg = partition.payload, self.config
-        table = pq.ParquetFile(p["path"]).read_row_group(p["row_group"]).slice(p["start"], p["stop"] - p["start"])
         rare, kept = set(p["rare"]), dict(p["kept_before"])
-        first = p["first_row"] + p["start"]
-        plans = (self._plan(row, first + i, p, rare, kept, ctx) for i, row in enumerate(table.to_pylist()))
+        span = (p["path"], p["row_group"], p["start"], p["stop"])
+        names = self._names(*span) if self._balancing() else [None] * (p["stop"] - p["start"])
+        plans = (self._plan(row, p["first_row"] + r, p, rare, kept, ctx, names[r - p["start"]])
+                 for r, row in read_rows(*span))
         if cfg.images_dir is None:
             yield from ctx.fetch_in_order(plans, cfg.fetch)
         else:
             yield from plans  # local photos: each row's outcome is complete, read as it is planned
 
-    def _plan(self, row: dict, row_no: int, p: dict, rare: set[str], kept: dict[str, int],
-              ctx: RowContext) -> Record | Pending | Failed | Filtered:
+    def _plan(self, row: dict | Unreadable, row_no: int, p: dict, rare: set[str], kept: dict[str, int],
+              ctx: RowContext, sci: str | None = None) -> Record | Pending | Failed | Filtered:
         """The row's outcome, or its download to wait for. Balancing comes first and needs only the
-        scientific name, so ``partitions`` can count the rows before each partition the same way."""
+        scientific name (``sci``, read as ``partitions`` read it), so ``partitions`` can count the rows
+        before each partition the same way."""
         ref = f"{p['rel']}:{row_no}"
-        photo_id = _photo_id(row.get("photo_id"))
+        photo_id = None if isinstance(row, Unreadable) else _photo_id(row.get("photo_id"))
         key = str(photo_id) if photo_id is not None else safe_key(f"{p['chunk']}_row{row_no}")
-        sci = _text(row.get("scientificName"))
+        if not isinstance(row, Unreadable) and not self._balancing():
+            sci = _text(row.get("scientificName"))
         if sci in rare:
             return Filtered(key, "rare_threshold", f"{sci} has fewer than {self.config.rare_threshold} rows", ref)
         if sci in kept:
             if kept[sci] >= self.config.cap_threshold:
                 return Filtered(key, "cap_threshold", f"{sci} already has {self.config.cap_threshold} rows", ref)
             kept[sci] += 1
+        if isinstance(row, Unreadable):
+            return Failed(key, row.reason, row.message, ref)
         if photo_id is None:
             return Failed(key, "invalid_photo_id", f"photo_id {row.get('photo_id')!r} is not a positive integer", ref)
         if sci is None:

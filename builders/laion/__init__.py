@@ -23,9 +23,12 @@ The sample (``vldata sample laion RAW``, written by ``sample``) is a LAION-400M-
 DataComp-shaped parquet whose URLs point at ``http://127.0.0.1:<port>``, kept in ``RAW/loopback.json``;
 ``sample_services(raw)`` serves it while the sample is built (``vldata.ingest.loopback``).
 
+Damage (``parquet_rows``, ``vldata.ingest.img2dataset``): an unreadable footer is a StructuralError;
+a damaged page, a non-UTF-8 string, a damaged tar or an oversized member fails only its rows.
+
 This module turns raw rows into records: partitions, the Record, the Config and each row's outcome.
-Column detection and value parsing are in ``columns``. It does no I/O plumbing (downloads go through
-``RowContext.fetch_in_order``), sharding, retries or format code.
+Column detection and value parsing are in ``columns``, reading rows in ``rows``. It does no I/O
+plumbing (downloads go through ``RowContext.fetch_in_order``), sharding, retries or format code.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from vldata.ingest.rawfiles import raw_files
 from vldata.ingest.fetch import FetchPolicy, FetchRequest, FetchResult
 from vldata.layout import safe_key, valid_key
 
-from . import columns
+from . import columns, rows
 from .columns import COLUMNS, ColumnSet, column_set, map_columns
+from vldata.ingest.parquet_rows import Unreadable, group_sizes, open_parquet
 
 __all__ = ["COLUMNS", "LaionBuilder", "LaionConfig", "LaionRecord", "column_set", "map_columns"]
 
@@ -163,38 +167,36 @@ class LaionBuilder(Builder):
         parts: list[Partition] = []
         for file_index, path in enumerate(files):
             rel = str(path.relative_to(root))
-            try:
-                pf = pq.ParquetFile(path)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise StructuralError(f"{path}: not a readable parquet file ({e})") from None
+            pf = open_parquet(path)
             names = pf.schema_arrow.names
             kind = column_set(names)
             exclude = img2dataset.COLUMNS if kind == "img2dataset" else ()
             cols = map_columns(str(path), names, self.config.url_col, self.config.caption_col, exclude)
             common = {"path": str(path), "rel": rel, "file_index": file_index, "cols": cols, "column_set": kind}
             if kind == "img2dataset":
-                payload = {**common, "images": img2dataset.image_store(path, names), "keys": None}
+                payload = {**common, "images": img2dataset.image_store(path, names), "keys": None, "names": names}
                 n = pf.metadata.num_rows
                 if rerun is not None:
-                    keys = {str(k) for k in pq.read_table(path, columns=["key"]).column("key").to_pylist()} & rerun
+                    keys = rows.shard_keys(str(path)) & rerun
                     payload["keys"], n = sorted(keys), len(keys)
-                notes = {} if img2dataset.has_stats(path) else {"img2dataset_shard_without_stats": 1}
+                note = img2dataset.stats_note(path)
+                notes = {note: 1} if note else {}
                 if n:
                     parts.append(Partition(len(parts), "train", payload, n, notes))
                 continue
             first_row = 0
-            for rg in range(pf.num_row_groups):
-                group_rows = pf.metadata.row_group(rg).num_rows
+            for rg, group_rows in enumerate(group_sizes(pf)):
                 for start in range(0, group_rows, self.config.rows_per_partition):
                     stop = min(group_rows, start + self.config.rows_per_partition)
-                    rows = None
+                    subset = None
                     if rerun is not None:
-                        rows = [r for r in range(start, stop) if _meta_key(file_index, first_row + r) in rerun]
-                        if not rows:
+                        subset = [r for r in range(start, stop) if _meta_key(file_index, first_row + r) in rerun]
+                        if not subset:
                             continue
                     payload = {**common, "row_group": rg, "first_row": first_row, "start": start, "stop": stop,
-                               "rows": rows}
-                    parts.append(Partition(len(parts), "train", payload, stop - start if rows is None else len(rows)))
+                               "rows": subset}
+                    n = stop - start if subset is None else len(subset)
+                    parts.append(Partition(len(parts), "train", payload, n))
                 first_row += group_rows
         return parts
 
@@ -217,29 +219,14 @@ class LaionBuilder(Builder):
         else:
             yield from self._metadata_records(partition, ctx)
 
-    def _read_rows(self, p: dict, n: int) -> list[tuple[int, dict]]:
-        """(row in file, row dict) of a metadata partition; memory is one partition's rows."""
-        pf = pq.ParquetFile(p["path"])
-        size = self.config.rows_per_partition
-        wanted = None if p["rows"] is None else set(p["rows"])
-        out: list[tuple[int, dict]] = []
-        for i, batch in enumerate(pf.iter_batches(batch_size=size, row_groups=[p["row_group"]], use_threads=False)):
-            offset = i * size
-            if offset + batch.num_rows <= p["start"]:
-                continue
-            for j, row in enumerate(batch.to_pylist()):
-                r = offset + j
-                if p["start"] <= r < p["stop"] and (wanted is None or r in wanted):
-                    out.append((p["first_row"] + r, row))
-            if offset + batch.num_rows >= p["stop"]:
-                break
-        return out[:n]
-
     def _metadata_records(self, partition: Partition, ctx: RowContext) -> Iterator[Record | Failed | Filtered]:
         p, cfg = partition.payload, self.config
         plans: list[Pending | Filtered] = []
-        for row_no, row in self._read_rows(p, partition.input_rows):
+        for row_no, row in rows.metadata_rows(p):
             key, ref = _meta_key(p["file_index"], row_no), f"{p['rel']}:{row_no}"
+            if isinstance(row, Unreadable):
+                plans.append(Failed(key, row.reason, row.message, ref))
+                continue
             values = columns.fields(row, p["cols"])
             dropped = columns.excluded(cfg, values, values["meta_width"], values["meta_height"])
             if dropped:
@@ -281,15 +268,21 @@ class LaionBuilder(Builder):
                            **{"exif": None, "download_sha256": None, **values, **fetch_fields})
 
     def _img2dataset_records(self, partition: Partition, ctx: RowContext) -> Iterator[Record | Failed | Filtered]:
+        """Readable rows in key order, then the unreadable ones; with ``keys`` (rerun) only those keys,
+        a key whose row no longer reads failing."""
         p = partition.payload
-        table = pq.read_table(p["path"])
-        rows = img2dataset.rows_in_key_order(table)
-        if p["keys"] is not None:
-            wanted = set(p["keys"])
-            rows = [(i, r) for i, r in rows if str(r["key"]) in wanted]
-        with img2dataset.ShardImages(p["images"], table) as images:
-            for row_no, row in rows[:partition.input_rows]:
-                yield self._img2dataset_row(str(row["key"]), f"{p['rel']}:{row_no}", row_no, row, images, p, ctx)
+        readable, unreadable, column = rows.shard_rows(p["path"], p["names"], p["images"])
+        wanted = None if p["keys"] is None else set(p["keys"])
+        with img2dataset.ShardImages(p["images"], column, self.config.fetch.max_bytes) as images:
+            for row_no, row in readable:
+                if wanted is None or str(row["key"]) in wanted:
+                    yield self._img2dataset_row(str(row["key"]), f"{p['rel']}:{row_no}", row_no, row, images, p, ctx)
+        if wanted is None:
+            for row_no, bad in unreadable:
+                yield Failed(rows.unreadable_key(p["rel"], row_no), bad.reason, bad.message, f"{p['rel']}:{row_no}")
+        else:
+            for key in sorted(wanted - {str(row["key"]) for _, row in readable}):
+                yield Failed(key, "unreadable_row_group", f"{p['rel']}: the row of key {key} does not decode", p["rel"])
 
     def _img2dataset_row(self, key: str, ref: str, row_no: int, row: dict, images: img2dataset.ShardImages,
                          p: dict, ctx: RowContext) -> Record | Failed | Filtered:
@@ -308,6 +301,8 @@ class LaionBuilder(Builder):
         data = images.get(key)
         if data is None:
             return Failed(key, "image_missing", f"{key}: success in {p['rel']} but no image in the shard", ref)
+        if isinstance(data, img2dataset.MemberFailure):
+            return Failed(key, data.reason, data.message, ref)
         return self._record(key, ref, row_no, values, data, p, ctx, fetched_from="img2dataset", http_status=None,
                             final_url=None, original=original, download_sha256=columns.text(row.get("sha256")),
                             exif=columns.text(row.get("exif")))

@@ -7,7 +7,8 @@ Policy, the same for every builder:
 - original bytes are kept when they are already what every reader handles the same way: JPEG, PNG
   or WebP, 8 bits per channel, in RGB, RGBA, L, LA or P mode, with no EXIF rotation to apply;
 - otherwise the image is re-encoded once: an EXIF orientation is applied to the pixels (readers
-  disagree on honouring it), CMYK/YCCK becomes RGB, 16-bit and 32-bit modes become 8-bit, other
+  disagree on honouring it), CMYK/YCCK becomes RGB, 16-bit and 32-bit modes become 8-bit (strip by
+  strip, so memory stays a small multiple of the 8-bit image), other
   formats (GIF first frame, BMP, TIFF, ...) become PNG. JPEG stays JPEG, everything else is PNG
   unless ``encode_format`` says otherwise;
 - resizing (img2dataset's modes) happens only when asked; like img2dataset it averages pixel areas
@@ -44,6 +45,7 @@ _MAGIC = (
     (b"MM\x00*", "tiff"),
 )
 _KEEP_MODES = {"RGB", "RGBA", "L", "LA", "P"}
+_STRIP_PIXELS = 1 << 22  # pixels converted at a time from 16/32 to 8 bits
 
 
 class ImagePolicy(BaseModel):
@@ -137,12 +139,7 @@ def _to_8bit(img: PILImage.Image) -> PILImage.Image:
     if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
         return img.convert("RGB")
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # scale 16/32-bit luminance to 8 bits rather than clipping it
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.uint32)
-        shift = 8 if arr.max(initial=0) > 255 else 0
-        return PILImage.fromarray((arr >> shift).astype("uint8"), mode="L")
+        return _luminance_to_8bit(img)
     if img.mode == "F":
         return img.convert("L")
     if img.mode == "1":
@@ -150,6 +147,22 @@ def _to_8bit(img: PILImage.Image) -> PILImage.Image:
     if img.mode == "PA":
         return img.convert("RGBA")
     return img.convert("RGB")
+
+
+def _luminance_to_8bit(img: PILImage.Image) -> PILImage.Image:
+    """16/32-bit luminance scaled to 8 bits (>> 8 when any value is above 255) rather than clipped, in
+    strips of about ``_STRIP_PIXELS``: memory is the decoded image, the 8-bit one and one strip."""
+    import numpy as np
+
+    shift = 8 if (img.getextrema()[1] or 0) > 255 else 0
+    out = PILImage.new("L", img.size)
+    rows = max(1, _STRIP_PIXELS // max(1, img.width))
+    for top in range(0, img.height, rows):
+        box = (0, top, img.width, min(img.height, top + rows))
+        strip = np.asarray(img.crop(box))
+        strip = np.clip(strip >> shift, 0, 255).astype(np.uint8)
+        out.paste(PILImage.fromarray(strip), box)
+    return out
 
 
 def _target_size(w: int, h: int, policy: ImagePolicy) -> tuple[int, int] | None:

@@ -75,7 +75,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the fetcher gave up on a body over its limit
+            self.close_connection = True
 
 
 @contextlib.contextmanager
