@@ -125,6 +125,27 @@ def test_an_undeclared_member_never_becomes_the_image(build):
     assert any(f"sample {first_key} has undeclared member .pyd" in p for p in validate(build))
 
 
+def test_validate_opens_a_compressed_tar_as_what_it_is_not(build):
+    """A shard replaced by a gzip "tar" holding a 256 MB member (250 KB on disk): validate names it
+    without decompressing it."""
+    import gzip
+    import time
+
+    m = _manifest(build, "webdataset")
+    info = m["splits"]["train"]["shards"][0]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        member = tarfile.TarInfo("x.png")
+        member.size = 256 << 20
+        t.addfile(member, io.BytesIO(bytes(member.size)))
+    data = gzip.compress(buf.getvalue(), mtime=0)
+    (build / "webdataset" / info["path"]).write_bytes(data)
+    start = time.monotonic()
+    problems = validate(build / "webdataset")
+    assert time.monotonic() - start < 30
+    assert any(p.startswith(f"{build / 'webdataset' / info['path']}: unreadable tar") for p in problems)
+
+
 # --------------------------------------------------------------------------------------------
 # Fuzz: seeded corruptions of manifests, member indexes and shards
 
