@@ -187,7 +187,7 @@ def test_bombs_in_a_tarball_and_a_masks_zip_are_refused_unread(oi_raw, tmp_path)
 
 def test_the_image_cap_holds_for_folder_files_and_tarball_members(oi_raw, tmp_path):
     raw = oi_copy(oi_raw, tmp_path)
-    out = oi_build(raw, tmp_path, "--set", "max_image_bytes=50")  # every sample JPEG is larger
+    out = oi_build(raw, tmp_path, "--set", "image.max_bytes=50")  # every sample JPEG is larger
     splits = stats(out)
     assert splits["train"]["reasons"]["failed"] == {"image_too_large": 6}
     assert splits["validation"]["reasons"]["failed"]["image_too_large"] == 2

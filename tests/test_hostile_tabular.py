@@ -386,3 +386,13 @@ def test_wit_a_corrupt_gzip_keeps_the_rows_before_the_damage(tmp_path):
     # any failure is a garbled row just before the damage, never rows that partitions() counted and
     # records() could not find
     assert set(s["reasons"]["failed"]) <= {"malformed_row", "malformed_value", "row_not_utf8"}
+
+
+def test_scin_image_files_over_image_max_bytes_are_not_read(scin_raw, tmp_path):
+    """A local image file is refused by its size, before it is read (``image.max_bytes``)."""
+    import vldata
+
+    report = vldata.build("scin", scin_raw, tmp_path / "out", formats="parquet", image={"max_bytes": 100})
+    s = report.splits["train"]
+    assert s.written == 0 and s.input_rows == s.failed + s.filtered + s.duplicates
+    assert s.reasons["failed"].get("image_too_large", 0) > 0

@@ -45,6 +45,7 @@ from pydantic import Field, create_model
 
 from vldata import Builder, Config, Failed, Filtered, Image, Partition, Pending, Record, RowContext, StructuralError
 from vldata.ingest import loopback
+from vldata.ingest.image import too_large
 from vldata.ingest.rawfiles import raw_files
 from vldata.ingest.fetch import FetchPolicy, FetchRequest, FetchResult
 from vldata.layout import safe_key
@@ -248,6 +249,9 @@ class ArboretumBuilder(Builder):
         folder = Path(self.config.images_dir)
         for path in (folder / chunk / f"{photo_id}.jpg", folder / f"{photo_id}.jpg"):
             if path.is_file():
+                big = too_large(path.name, path.stat().st_size, self.config.image)
+                if big:
+                    return FetchResult(str(path), reason=big.reason, message=big.message)
                 return FetchResult(str(path), data=path.read_bytes())
         return FetchResult(None, reason="image_missing",
                            message=f"{photo_id}.jpg not in {folder} (or its {chunk}/ folder)")

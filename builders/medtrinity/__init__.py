@@ -16,7 +16,7 @@ form (hashed keys never equal a literal id).
 The tars are streamed, never extracted (``shards``): ``partitions`` streams every shard once for its
 member names; each shard becomes one partition whose rows are in the order of their image in the
 shard, so ``records`` streams it once, one image at a time, and reads no member whose header size is
-over ``max_image_bytes`` (``image_too_large``). Rows whose basename is in no shard fail with
+over ``image.max_bytes`` (``image_too_large``). Rows whose basename is in no shard fail with
 ``image_not_accessible``; a truncated shard is noted ``shard_truncated:<name>`` and the rows whose
 image lies past the break fail with ``shard_truncated``. Parquet is read in batches (``tables``): a
 row that does not decode fails (``row_not_utf8``, ``malformed_row``, or ``parquet_unreadable`` for the
@@ -89,8 +89,6 @@ class MedTrinityConfig(Config):
     source_licenses: dict[str, str] = Field(default_factory=dict, description="Licence per upstream source name.")
     rows_per_partition: int = Field(default=1024, gt=0, description="Rows per unit of work for rows with no shard.")
     max_row_bytes: int = Field(default=16 << 20, gt=0, description="Rows with a longer caption are row_too_large.")
-    max_image_bytes: int = Field(default=64 << 20, gt=0, description=(
-        "Larger images (shard members by their header size, before reading) are image_too_large."))
 
 
 def _files(root: Path, pattern: str) -> list[Path]:
@@ -216,9 +214,9 @@ class MedTrinityBuilder(Builder):
         try:
             for pos, (member, tar) in enumerate(stream_members(shard)):
                 if i < len(pending) and pending[i][0] == pos:
-                    cap = self.config.max_image_bytes  # the size from the header, before reading
+                    cap = self.config.image.max_bytes  # the size from the header, before reading
                     data = read_member(tar, member, shard) if member.size <= cap else Unreadable(
-                        "image_too_large", f"{shard.name}:{member.name}: {member.size} bytes, over max_image_bytes={cap}")
+                        "image_too_large", f"{shard.name}:{member.name}: {member.size} bytes, over image.max_bytes={cap}")
                     while i < len(pending) and pending[i][0] == pos:
                         yield self._record(rows[pending[i][1:]], data, ctx, shard.name, member.name)
                         i += 1
@@ -252,8 +250,8 @@ class MedTrinityBuilder(Builder):
             return Failed(key, "caption_missing", "empty caption", ref)
         if len(caption) > self.config.max_row_bytes:
             return Failed(key, "row_too_large", f"a caption of {len(caption)} characters", ref)
-        if data is not None and len(data) > self.config.max_image_bytes:
-            return Failed(key, "image_too_large", f"{len(data)} bytes, over max_image_bytes", ref)
+        if data is not None and len(data) > self.config.image.max_bytes:
+            return Failed(key, "image_too_large", f"{len(data)} bytes, over image.max_bytes", ref)
         img = ctx.image(data, "image struct has no bytes")
         if not isinstance(img, Image):
             return Failed(key, img.reason, f"{shard}:{member}: {img.message}" if shard else img.message, ref)

@@ -46,7 +46,7 @@ JSON object with a string ``image_id``, noted before grouping), one over ``max_r
 ``<kind>_row_too_large``. Hostile input (``containers``) costs only its own rows: an image-info row
 over ``max_row_bytes``, not UTF-8, refused by csv or naming an unknown ``Subset`` fails
 (``row_too_large``, ``row_not_utf8``, ``malformed_row``, ``bad_subset``); an image over
-``max_image_bytes`` is not read (``image_too_large``); a broken tarball is noted
+``image.max_bytes`` is not read (``image_too_large``); a broken tarball is noted
 ``tarball_truncated:<name>`` and the rows still waiting for it fail ``tarball_truncated``; a masks zip
 that does not open is noted ``masks_zip_unreadable:<name>``.
 
@@ -142,8 +142,6 @@ class OpenImagesConfig(Config):
         "Where the grouped spill files go, kept for reuse. Default: the engine's scratch folder, removed "
         "when the build completes (the temp dir when partitions() runs outside the engine)."))
     max_row_bytes: int = Field(default=16 << 20, gt=0, description="Longer CSV/JSON-lines rows are row_too_large.")
-    max_image_bytes: int = Field(default=64 << 20, gt=0, description=(
-        "Larger image files, tarball members or mask members are refused before they are read (image_too_large)."))
 
 
 # ------------------------------------------------------------------------------------------ builder
@@ -209,7 +207,7 @@ class OpenImagesBuilder(Builder):
         zips = open_zips(p["zips"], ctx.note)
         try:
             for ref, row, data, source in with_images(infos, Path(p["dir"]) if p["dir"] else None, p["tars"],
-                                                      self.config.max_image_bytes, ctx.note):
+                                                      self.config.image.max_bytes, ctx.note):
                 yield self._record(ref, row, split, ann.get(row["ImageID"].strip(), {}), classes, attributes,
                                    data, source, zips, ctx)
         finally:

@@ -3,7 +3,7 @@ how the spilled annotation rows of one image become them.
 
 Boxes keep the upstream ``XMin,XMax,YMin,YMax`` order and ``-1`` flags; human labels keep confidence 0
 (a verified negative); a relationship ``is`` names its ``label2`` from the attribute descriptions;
-masks take their PNG from the masks zips when given (a member over ``max_image_bytes`` by its header is
+masks take their PNG from the masks zips when given (a member over ``image.max_bytes`` by its header is
 not read: noted ``mask_member_too_large``; one that does not decode, ``mask_member_corrupt``); narratives
 follow docs/RAW_FORMATS.md §3.4. A row that does not parse (an integer out of its column's range
 included) is noted as ``malformed_<kind>_row`` and left out; the record is still built.
@@ -172,7 +172,7 @@ def annotations(ann: dict[str, list], classes: dict[str, str], attributes: dict[
                 elif kind == "seg":
                     mask = None
                     for z in zips:
-                        mask = read_zip_member(z, a["MaskPath"], ctx.config.max_image_bytes)
+                        mask = read_zip_member(z, a["MaskPath"], ctx.config.image.max_bytes)
                         if mask is not None:
                             break
                     if zips and mask is None:

@@ -391,4 +391,4 @@ def with_images(infos: list[tuple[str, dict]], folder: Path | None, tars: list[s
 
 
 def _too_large(where: str, size: int, max_bytes: int) -> BadRow:
-    return BadRow("image_too_large", f"{where}: {size} bytes, over max_image_bytes={max_bytes}")
+    return BadRow("image_too_large", f"{where}: {size} bytes, over image.max_bytes={max_bytes}")

@@ -253,13 +253,16 @@ def _load_image(root: Path, path: str, ctx: RowContext) -> Image | image_mod.Ima
         return _PathProblem("image_path_invalid", "not a relative path to an image file")
     local = root / "images" / name
     try:
-        mode = local.stat().st_mode
+        st = local.stat()
     except FileNotFoundError:
         return ctx.image(None, f"{path[:200]} not found under {root / 'images'}")
     except OSError as e:
         return _PathProblem("image_path_invalid", f"{type(e).__name__}: {e.strerror}")
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(st.st_mode):
         return _PathProblem("image_path_invalid", f"{local} is not a regular file")
+    big = image_mod.too_large(name, st.st_size, ctx.config.image)
+    if big:
+        return big
     try:
         data = local.read_bytes()
     except FileNotFoundError:

@@ -54,6 +54,8 @@ class ImagePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_pixels: int = Field(default=178_956_970, gt=0, description="Refuse images with more pixels (decompression bombs).")
+    max_bytes: int = Field(default=64 << 20, gt=0, description="Refuse image files larger than this, before "
+                           "reading them (bytes; downloads have fetch.max_bytes).")
     resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = "no"
     image_size: int = Field(default=256, gt=0)
     resize_only_if_bigger: bool = False
@@ -66,6 +68,14 @@ class ImageFailure(BaseModel):
 
     reason: Literal["image_missing", "image_empty", "image_unrecognized", "image_corrupt", "image_too_large"]
     message: str
+
+
+def too_large(name: str, size: int, policy: ImagePolicy) -> ImageFailure | None:
+    """``image_too_large`` for a file whose size (from its directory entry or a container's header)
+    is over ``policy.max_bytes``: checked before the bytes are read."""
+    if size <= policy.max_bytes:
+        return None
+    return ImageFailure(reason="image_too_large", message=f"{name}: {size} bytes, over image.max_bytes={policy.max_bytes}")
 
 
 def sniff(data: bytes) -> str | None:
