@@ -188,3 +188,24 @@ def test_balanced_sampling_caps_every_value_per_epoch(scin_built):
     assert chosen[0] != chosen[1]  # a fresh choice each epoch
     with pytest.raises(KeyError, match="balance fields"):
         vldata.TorchDataset(src, balance_by="text", cap=1)
+
+
+@pytest.mark.parametrize("workers,persistent", [(2, False), (2, True)])
+def test_skips_in_workers_are_counted_where_the_loop_reads_them(scin_built, tmp_path, workers, persistent):
+    """A corrupt image skipped inside a DataLoader worker shows in ``ds.skipped`` of the main process,
+    once per epoch that reads it."""
+    out = tmp_path / "copy"
+    shutil.copytree(scin_built, out)
+    src = vldata.open(out / "webdataset")
+    _, members = src._index(0)[2]
+    _, offset, size = next(m for m in members if m[0] == "png")
+    tar = out / "webdataset" / src.shards[0]["path"]
+    data = bytearray(tar.read_bytes())
+    data[offset:offset + size] = b"\0" * size
+    tar.write_bytes(bytes(data))
+    ds = vldata.TorchDataset(vldata.open(out / "webdataset"), batch_size=4, decode="cpu", image_size=8, seed=1)
+    loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=persistent)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        list(loader)
+        assert ds.skipped == epoch + 1
