@@ -240,7 +240,7 @@ def test_a_damaged_row_group_fails_only_its_rows(mt_raw, tmp_path):
     result = build_measured("medtrinity", raw, tmp_path / "out")
     assert result["rc"] == 0 and "Traceback" not in result["err"], result["err"]
     s = stats(tmp_path / "out")["train"]
-    assert (s["input_rows"], s["written"]) == (12, 6) and s["reasons"]["failed"] == {"parquet_unreadable": 6}
+    assert (s["input_rows"], s["written"]) == (12, 6) and s["reasons"]["failed"] == {"unreadable_row_group": 6}
     assert all(f["message"].startswith(f"{path.name}: row group 0") for f in failures(tmp_path / "out"))
 
 

@@ -19,7 +19,7 @@ shard, so ``records`` streams it once, one image at a time, and reads no member 
 over ``image.max_bytes`` (``image_too_large``). Rows whose basename is in no shard fail with
 ``image_not_accessible``; a truncated shard is noted ``shard_truncated:<name>`` and the rows whose
 image lies past the break fail with ``shard_truncated``. Parquet is read in batches (``tables``): a
-row that does not decode fails (``row_not_utf8``, ``malformed_row``, or ``parquet_unreadable`` for the
+row that does not decode fails (``row_not_utf8``, ``malformed_row``, or ``unreadable_row_group`` for the
 rest of a damaged row group); a caption over ``max_row_bytes`` is ``row_too_large``.
 
 The caption is kept whole as ``text``. No ROI boxes or masks are released as data, so ``roi_bbox`` and

@@ -3,7 +3,7 @@
 A row group is read in batches of ``BATCH_ROWS`` rows, never whole. A batch whose values do not
 convert (a string that is not UTF-8) is converted row by row, so only its bad rows become
 ``Unreadable('row_not_utf8' | 'malformed_row')``; where a row group stops decoding (a damaged page,
-a truncated file), each of its remaining rows is ``Unreadable('parquet_unreadable')``, the file named
+a truncated file), each of its remaining rows is ``Unreadable('unreadable_row_group')``, the file named
 in the message. An unreadable footer or a missing required column is a StructuralError naming the
 file. ``raw_json`` is a row as the record keeps it. Knows no keys or Records; the builder in ``__init__`` decides what a row means.
 """
@@ -87,7 +87,7 @@ def row_group_rows(path: Path, rg: int, columns: list[str] | None = None,
         why = f"{type(e).__name__}: {str(e)[:200]}"
     if n is None:
         n = pq.ParquetFile(path).metadata.row_group(rg).num_rows  # the footer was read by check_columns
-    bad = Unreadable("parquet_unreadable", f"{Path(path).name}: row group {rg} does not decode after row {done} ({why})")
+    bad = Unreadable("unreadable_row_group", f"{Path(path).name}: row group {rg} does not decode after row {done} ({why})")
     for i in range(done, n):
         if wanted is None or i in wanted:
             yield i, bad
