@@ -95,7 +95,7 @@ def load(data: bytes, policy: ImagePolicy | None = None) -> Image | ImageFailure
         return ImageFailure(reason="image_empty", message="zero bytes")
     fmt = sniff(data)
     if fmt is None:
-        return ImageFailure(reason="image_unrecognized", message=f"not an image (starts with {data[:8]!r})")
+        return ImageFailure(reason="image_unrecognized", message=f"not an image ({len(data)} bytes, no known image signature)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
