@@ -1,11 +1,10 @@
 """Open Images' raw containers read in bounded memory, their damage turned into values to count.
 
-* CSV and JSON-lines files are read as bytes, a physical line at most ``max_bytes + 1`` at a time, so a
-  row never holds more than ``max_bytes`` (a longer one is skipped to its end and reported as
-  ``row_too_large``). Fields have no size limit of their own (csv's 128 KiB default is lifted: the
-  row cap bounds them). Bytes that are not UTF-8 make their row ``row_not_utf8``; what the csv
-  module refuses (a lone CR ending a line inside an unquoted field, ...) makes it ``malformed_row``.
-  Either way the reader goes on with the next row.
+* CSV files go through the shared capped reader (``vldata.ingest.tabular.Rows``); JSON-lines files
+  are read as bytes, a physical line at most ``max_bytes + 1`` at a time, so a line never holds more
+  than ``max_bytes`` (a longer one is skipped to its end and reported as ``row_too_large``). Bytes that
+  are not UTF-8 make their row ``row_not_utf8``; what the csv module or the JSON parser refuses makes
+  it ``malformed_row``. Either way reading goes on with the next row.
 * Image tarballs are streamed (gzip, then ``r|``), never extracted; a member's size is taken from its header
   and compared with the cap before it is read. A tarball that breaks off or does not decode raises
   ``ContainerBroken`` (also when it ends without the end-of-archive blocks), with what was yielded
@@ -18,85 +17,37 @@ Knows no Records, keys or reasons beyond these; ``files`` and the builder decide
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
-import sys
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO
+
+from vldata.ingest.tabular import BadRow, Rows
 
 _CHUNK = 1 << 20
 _TAR_END = 1024  # a complete tar ends with two zero blocks
-
-
-class BadRow(NamedTuple):
-    """A row that could not be read: a stable reason (``row_too_large``, ``row_not_utf8``,
-    ``malformed_row``) and what went wrong."""
-
-    reason: str
-    message: str
 
 
 class ContainerBroken(Exception):
     """A tarball or zip that is truncated or does not decode; the message names the file."""
 
 
-class _TooLarge(Exception):
-    pass
-
-
-def _utf8(values: list[str]) -> bool:
-    try:
-        "\x1f".join(values).encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # a surrogate escape of an undecodable byte
-        return False
+def csv_rows(path: Path, max_bytes: int) -> Iterator[tuple[int, list[str] | BadRow]]:
+    """(line number, values or BadRow) of every non-blank row of a CSV, read by the shared capped
+    reader (``vldata.ingest.tabular.Rows``: ``row_too_large``, ``row_not_utf8``, ``malformed_row``)."""
+    with open(path, "rb") as f:
+        for row in Rows(f, limit=max_bytes):
+            yield row.line, row.values if row.problem is None else row.problem
 
 
 def _skip_line(f: IO[bytes], line: bytes) -> None:
     """Consume the rest of a physical line of which ``line`` was the start."""
     while line and not line.endswith(b"\n"):
         line = f.readline(_CHUNK)
-
-
-def csv_rows(path: Path, max_bytes: int) -> Iterator[tuple[int, list[str] | BadRow]]:
-    """(row number from 1, values or BadRow) of every row of a CSV, blank rows as ``[]``."""
-    csv.field_size_limit(sys.maxsize)
-    size = [0]
-
-    def lines(f: IO[bytes]) -> Iterator[str]:
-        while True:
-            line = f.readline(max_bytes + 1)
-            if not line:
-                return
-            size[0] += len(line)
-            if size[0] > max_bytes:
-                _skip_line(f, line)
-                raise _TooLarge
-            yield line.decode("utf-8", errors="surrogateescape")
-
-    with open(path, "rb") as f:
-        reader, number = csv.reader(lines(f)), 0
-        while True:
-            size[0] = 0
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except _TooLarge:
-                reader = csv.reader(lines(f))  # the old reader's line source has ended
-                values = BadRow("row_too_large", f"a row over {max_bytes} bytes")
-            except csv.Error as e:
-                values = BadRow("malformed_row", f"csv: {e}")
-            else:
-                if not _utf8(values):
-                    values = BadRow("row_not_utf8", "bytes that are not UTF-8")
-            number += 1
-            yield number, values
 
 
 def jsonl_rows(path: Path, max_bytes: int) -> Iterator[tuple[int, object | BadRow]]:

@@ -291,7 +291,7 @@ def _spill_rows(raw: Path, files: dict, tmp: Path, k: int, max_bytes: int) -> di
 def _info_row(row: dict | BadRow, file_split: str) -> tuple[dict, str]:
     """An image-info row as spilled, and its split: ``Subset`` when it names one, else the file's."""
     if isinstance(row, BadRow):
-        return {"ImageID": "", "__bad": list(row)}, file_split
+        return {"ImageID": "", "__bad": [row.reason, row.message]}, file_split
     row.setdefault("ImageID", "")  # a short row of a file whose ImageID is not the first column
     subset = (row.get("Subset") or "").strip()
     if subset and subset not in SPLITS:
