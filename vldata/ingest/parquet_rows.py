@@ -66,11 +66,12 @@ def group_sizes(pf: pq.ParquetFile) -> list[int]:
     return [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
 
 
-def read_rows(path: Path | str, row_group: int, start: int, stop: int,
-              columns: list[str] | None = None) -> Iterator[tuple[int, dict | Unreadable]]:
+def read_rows(path: Path | str, row_group: int, start: int, stop: int, columns: list[str] | None = None,
+              name: str | None = None) -> Iterator[tuple[int, dict | Unreadable]]:
     """(row in the row group, its values or why they cannot be read) for rows ``start..stop-1`` of
-    ``row_group``, in order: always ``stop - start`` items. Memory: one batch of rows."""
-    where = f"{path} row group {row_group}"
+    ``row_group``, in order: always ``stop - start`` items. Memory: one batch of rows. ``name`` is how
+    messages name the file (its path by default)."""
+    where = f"{name or path} row group {row_group}"
     r = 0  # rows of the group decoded so far
     try:
         batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, row_groups=[row_group],
