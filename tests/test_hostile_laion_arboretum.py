@@ -86,7 +86,7 @@ def one_line_exit_2(proc: subprocess.CompletedProcess, name: str) -> None:
 def metadata_file(path: Path, n: int = 12, group: int = 4, caption: pa.Array | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({"SAMPLE_ID": pa.array(range(n), pa.int64()),
-                      "URL": [f"http://example.org/{i}.jpg" for i in range(n)],
+                      "URL": [f"http://127.0.0.1:9/{i}.jpg" for i in range(n)],
                       "TEXT": caption if caption is not None else [f"caption {i}" for i in range(n)],
                       "similarity": [0.1] * n})
     pq.write_table(table, path, row_group_size=group, use_dictionary=False)
@@ -152,7 +152,7 @@ def shard(folder: Path, n: int, ok: int, shard_id: int = 0) -> Path:
     images = {k: picture((i * 40 % 256, shard_id, 0)) for i, k in enumerate(keys[:ok])}
     rows = [{"key": k, "status": "success" if k in images else "failed_to_download",
              "error_message": None if k in images else "HTTP Error 404: File not found", "caption": f"c{k}",
-             "url": f"http://example.org/{k}.jpg", "width": 24, "height": 16, "original_width": 24,
+             "url": f"http://127.0.0.1:9/{k}.jpg", "width": 24, "height": 16, "original_width": 24,
              "original_height": 16} for k in reversed(keys)]
     stem = folder / f"{shard_id:05d}"
     pq.write_table(pa.Table.from_pylist(rows, schema=SHARD), stem.with_suffix(".parquet"), row_group_size=4,

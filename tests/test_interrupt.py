@@ -27,15 +27,14 @@ def test_ctrl_c_stops_the_workers_with_one_line_and_resume_finishes(scin_raw, sc
     while not list((out / "build" / "parts").glob("*.done.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole process group
-    stopped = time.monotonic()
-    _, err = proc.communicate(timeout=30)
-    assert time.monotonic() - stopped < 10  # queued partitions were not run
+    _, err = proc.communicate(timeout=60)  # a hang guard, not a speed goal
     assert proc.returncode == 130
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vldata: interrupted: ") and lines[0].endswith(
         "partitions done; --resume finishes"), err
     done, total = map(int, lines[0].split()[2].split("/"))
-    assert 0 < done < total
+    assert 0 < done < total  # queued partitions were cancelled, not run
+    assert len(list((out / "build" / "parts").glob("*.done.json"))) == done
     assert not (out / "parquet" / "vldata.json").exists()
     resumed = subprocess.run([sys.executable, "-m", "vldata.cli", "build", "scin", "--raw", str(scin_raw), "--out",
                               str(out), "--resume", *SMALL], capture_output=True, text=True, timeout=300)
