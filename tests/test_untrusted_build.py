@@ -227,3 +227,13 @@ def test_fuzzed_builds_read_or_name_the_shard_and_open_nothing_outside(scin_buil
         _AUDITING[0] = False
     outside = [p for p in OPENED if p in ("/dev/zero", "/etc/passwd") or Path(p).resolve() == secret.resolve()]
     assert outside == [], (seed, what)
+
+
+@pytest.mark.parametrize("json_features", [[], "x", 5])
+def test_a_manifest_whose_json_features_are_not_an_object_is_refused(build, json_features):
+    m = _manifest(build, "webdataset")
+    m["features"]["json"] = json_features
+    _save(build, "webdataset", m)
+    with pytest.raises(vldata.ShardError, match="'features.json' is not an object"):
+        vldata.open(build, format="webdataset")
+    assert f"{build / 'webdataset' / 'vldata.json'}: 'features.json' is not an object" in validate(build)

@@ -127,6 +127,8 @@ def manifest_problems(manifest: Any) -> list[str]:
     for name, kind in (("builder", str), ("version", str), ("primary_image", str), ("features", dict)):
         if not isinstance(manifest.get(name), kind):
             problems.append(f"{name!r} is not a {kind.__name__}")
+    if isinstance(manifest.get("features"), dict) and not isinstance(manifest["features"].get("json", {}), dict):
+        problems.append("'features.json' is not an object")
     members = manifest.get("image_members", [])
     if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
         problems.append("'image_members' is not a list of member suffixes")

@@ -14,7 +14,7 @@ damaged page; earlier rows and other row groups are unaffected), and so are the 
 that ends early; a single row whose values do not convert is ``row_not_utf8`` (a string that is not
 UTF-8) or ``unreadable_value``.
 
-It knows no dataset (the laion and arboretum builders use it) and builds no records.
+It knows no dataset (builders whose metadata is parquet use it) and builds no records.
 """
 
 from __future__ import annotations
