@@ -55,9 +55,10 @@ from vldata import (
     RowContext,
     StructuralError,
 )
+from vldata.ingest.tarstream import ContainerBroken, read_member, stream_members
 from vldata.layout import valid_key
 
-from .shards import ShardTruncated, index_shards, read_member, stream_members
+from .shards import index_shards
 from .tables import Unreadable, check_columns, raw_json, row_group_rows, rows_at
 
 DEMO, FULL, ACCESSIBLE = "25M_demo", "25M_full", "25M_accessible"
@@ -220,7 +221,7 @@ class MedTrinityBuilder(Builder):
                     while i < len(pending) and pending[i][0] == pos:
                         yield self._record(rows[pending[i][1:]], data, ctx, shard.name, member.name)
                         i += 1
-        except ShardTruncated as e:
+        except ContainerBroken as e:
             for loc in pending[i:]:
                 _, ref, key = rows[loc[1:]]
                 yield Failed(key, "shard_truncated", str(e), ref)

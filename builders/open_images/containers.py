@@ -5,10 +5,9 @@
   than ``max_bytes`` (a longer one is skipped to its end and reported as ``row_too_large``). Bytes that
   are not UTF-8 make their row ``row_not_utf8``; what the csv module or the JSON parser refuses makes
   it ``malformed_row``. Either way reading goes on with the next row.
-* Image tarballs are streamed (gzip, then ``r|``), never extracted; a member's size is taken from its header
-  and compared with the cap before it is read. A tarball that breaks off or does not decode raises
-  ``ContainerBroken`` (also when it ends without the end-of-archive blocks), with what was yielded
-  before the break kept.
+* Image tarballs are streamed by the shared ``vldata.ingest.tarstream`` (never extracted; a member's
+  size from its header is compared with the cap before it is read; a tarball that breaks off raises
+  ``ContainerBroken``, with what was yielded before the break kept).
 * Mask zips are opened tolerantly (``open_zip`` gives None for one that is not a readable zip) and a
   member is read only when its header size is within the cap.
 
@@ -17,9 +16,7 @@ Knows no Records, keys or reasons beyond these; ``files`` and the builder decide
 
 from __future__ import annotations
 
-import gzip
 import json
-import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -30,10 +27,6 @@ from vldata.ingest.tabular import BadRow, Rows
 
 _CHUNK = 1 << 20
 _TAR_END = 1024  # a complete tar ends with two zero blocks
-
-
-class ContainerBroken(Exception):
-    """A tarball or zip that is truncated or does not decode; the message names the file."""
 
 
 def csv_rows(path: Path, max_bytes: int) -> Iterator[tuple[int, list[str] | BadRow]]:
@@ -96,36 +89,6 @@ def text_lines(path: Path, max_bytes: int) -> Iterator[str]:
 
 
 # ------------------------------------------------------------------------------------------ archives
-
-def stream_tarball(path: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
-    """Regular-file members of a ``.tar.gz`` in order, streamed; raises ContainerBroken at a break.
-    Read to its end, the gzip trailer (CRC and length) is checked too."""
-    name = Path(path).name
-    try:
-        with gzip.open(path, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-            for member in tar:
-                if member.isfile():
-                    yield member, tar
-            end, stream = tar.offset, tar.fileobj
-            while stream.read(_CHUNK):  # tarfile stops silently where data ends between members
-                pass
-            if stream.tell() < end + _TAR_END:
-                raise ContainerBroken(f"{name}: truncated (no end-of-archive after {end} bytes)")
-    except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
-        raise ContainerBroken(f"{name}: truncated or corrupt ({type(e).__name__}: {e})") from None
-
-
-def read_tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
-    """The bytes of a member yielded by ``stream_tarball`` (its size checked by the caller)."""
-    try:
-        data = tar.extractfile(member).read(member.size)
-    except (tarfile.TarError, zlib.error, EOFError, OSError) as e:
-        raise ContainerBroken(f"{Path(path).name}: truncated or corrupt inside {member.name} "
-                              f"({type(e).__name__}: {e})") from None
-    if len(data) != member.size:
-        raise ContainerBroken(f"{Path(path).name}: truncated inside {member.name}")
-    return data
-
 
 def open_zip(path: str | Path) -> zipfile.ZipFile | None:
     """The zip, or None when it is not a readable zip (truncated, no central directory)."""

@@ -37,15 +37,9 @@ import pyarrow as pa
 
 from vldata import StructuralError
 
-from .containers import (
-    BadRow,
-    ContainerBroken,
-    csv_rows,
-    jsonl_rows,
-    read_tar_member,
-    stream_tarball,
-    text_lines,
-)
+from vldata.ingest.tarstream import ContainerBroken, read_member, stream_members
+
+from .containers import BadRow, csv_rows, jsonl_rows, text_lines
 
 SPLITS = ("train", "validation", "test", "challenge2018")
 REQUIRED = {
@@ -373,11 +367,11 @@ def with_images(infos: list[tuple[str, dict]], folder: Path | None, tars: list[s
         if not pending:
             break
         try:
-            for m, tar in stream_tarball(Path(t)):
+            for m, tar in stream_members(Path(t)):
                 base = m.name.rsplit("/", 1)[-1]
                 if base.endswith(".jpg") and base[:-4] in pending:
                     source = f"{Path(t).name}:{m.name}"
-                    data = read_tar_member(tar, m, Path(t)) if m.size <= max_bytes else \
+                    data = read_member(tar, m, Path(t)) if m.size <= max_bytes else \
                         _too_large(source, m.size, max_bytes)
                     for ref, row in pending.pop(base[:-4]):
                         yield ref, row, data, source
