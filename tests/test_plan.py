@@ -113,3 +113,23 @@ def test_rational_weights():
     assert rational_weights([1, 1, 2]) == [1, 1, 2]
     assert rational_weights([0.5, 0.0]) == [1, 0]
     assert sum(rational_weights([1 / 3, 1 / 7, 0.123457])) <= 100_000
+
+
+@settings(max_examples=150, deadline=None)
+@given(plans(), st.integers(1, 8), st.integers(1, 9), st.integers(0, 50))
+def test_the_rest_of_an_epoch_splits_over_another_world_exactly_once(plan, world, batch, steps):
+    """Elastic resume: after ``steps`` global steps at plan's world, a plan that starts where they ended
+    hands every remaining position out exactly once (apart from its own padding), equally per rank."""
+    import dataclasses
+
+    L = plan.epoch_length
+    steps = min(steps, plan.batches_per_rank)
+    consumed = {int(p) for t in range(steps) for r in range(plan.world_size) for p in plan.batch_positions(r, t)}
+    start = min(steps * plan.step_size, L)
+    rest = dataclasses.replace(plan, world_size=world, batch_size=batch, start=start, drop_last=False)
+    got = [int(p) for r in range(world) for t in range(rest.batches_per_rank) for p in rest.batch_positions(r, t)]
+    assert all(start <= p < L for p in got)
+    assert consumed | set(got) == set(range(L))  # the epoch, and the rest exactly once:
+    assert set(got) == set(range(start, L))
+    assert len(got) - len(set(got)) == rest.padding
+    assert rest.batches_per_rank == -(-(L - start) // rest.step_size)

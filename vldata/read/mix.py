@@ -76,12 +76,22 @@ class Mix:
         return self._subsets[(epoch, seed)]
 
     def plan(self, epoch: int = 0, world_size: int = 1, batch_size: int = 1, shuffle: bool = True,
-             window: int = 4096, drop_last: bool = False, seed: int | None = None) -> Plan:
+             window: int = 4096, drop_last: bool = False, seed: int | None = None, start: int = 0) -> Plan:
         seed = self.seed if seed is None else seed
         return Plan(shard_sizes=tuple(s.shard_sizes for s in self.sources), weights=self.weights,
                     seed=seed, epoch=epoch, stop=self.stop, world_size=world_size,
                     batch_size=batch_size, shuffle=shuffle, window=window, drop_last=drop_last,
-                    subsets=self.subsets(epoch, seed))
+                    start=start, subsets=self.subsets(epoch, seed))
+
+    def fingerprint(self) -> str:
+        """What a saved position refers to: the sources (names, shard sizes), weights, stop rule and
+        balancing. A state taken over another fingerprint cannot resume this Mix."""
+        import hashlib
+        import json
+
+        what = [self.names, [list(s.shard_sizes) for s in self.sources], self.weights, self.stop,
+                self.balance_by, self.cap]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def sample(self, k: int, i: int) -> dict[str, Any]:
         sample = self.sources[k][int(i)]

@@ -114,7 +114,10 @@ class Plan:
     ``shard_sizes[k]`` are source k's shard sample counts; ``batch_size`` is per rank; a global step
     consumes ``world_size * batch_size`` consecutive positions, rank r taking the r-th block.
     ``drop_last`` drops the epoch's incomplete last step; otherwise it is padded with positions from
-    the start of the epoch (counted in ``padding``). With ``stop="never"`` the epoch is endless.
+    the start of what the plan hands out (counted in ``padding``). With ``stop="never"`` the epoch is
+    endless. ``start`` > 0 hands out only positions ``start..`` of the epoch: the rest of an epoch
+    whose first ``start`` positions were consumed under another world size or batch size (elastic
+    resume); the batch numbers ``t`` then count from that point.
     """
 
     shard_sizes: tuple[tuple[int, ...], ...]
@@ -127,6 +130,7 @@ class Plan:
     shuffle: bool = True
     window: int = 4096
     drop_last: bool = False
+    start: int = 0
     # per source: the sorted global indices this epoch may use (balanced sampling), or None for all
     subsets: tuple[np.ndarray | None, ...] | None = field(default=None, compare=False, repr=False)
     int_weights: tuple[int, ...] = field(init=False)
@@ -150,6 +154,9 @@ class Plan:
                 raise ValueError(f"source {k} has weight but no samples")
         object.__setattr__(self, "int_weights", tuple(ints))
         object.__setattr__(self, "sizes", sizes)
+        L = self.epoch_length
+        if self.start < 0 or (L != INFINITE and self.start > L):
+            raise ValueError(f"start {self.start} outside the epoch of {L} positions")
 
     # -- the global stream -------------------------------------------------------------------
 
@@ -221,30 +228,36 @@ class Plan:
     @property
     def batches_per_rank(self) -> int:
         """Batches each rank gets this epoch (all ranks the same; ``INFINITE`` when endless)."""
-        L = self.epoch_length
-        if L == INFINITE:
+        n = self.remaining
+        if n == INFINITE:
             return INFINITE
-        return L // self.step_size if self.drop_last else -(-L // self.step_size)
+        return n // self.step_size if self.drop_last else -(-n // self.step_size)
+
+    @property
+    def remaining(self) -> int:
+        """Positions this plan hands out: the epoch from ``start`` on (``INFINITE`` when endless)."""
+        L = self.epoch_length
+        return INFINITE if L == INFINITE else L - self.start
 
     @property
     def padding(self) -> int:
         """Positions repeated to fill the last step (0 with drop_last or an exact fit)."""
         nb = self.batches_per_rank
-        return 0 if nb == INFINITE else max(0, nb * self.step_size - self.epoch_length)
+        return 0 if nb == INFINITE else max(0, nb * self.step_size - self.remaining)
 
     @property
     def dropped(self) -> int:
         nb = self.batches_per_rank
-        return 0 if nb == INFINITE else max(0, self.epoch_length - nb * self.step_size)
+        return 0 if nb == INFINITE else max(0, self.remaining - nb * self.step_size)
 
     def batch_positions(self, rank: int, t: int) -> np.ndarray:
-        """Global positions of rank ``rank``'s batch ``t`` (padding wraps to the epoch's start)."""
+        """Global positions of rank ``rank``'s batch ``t`` (padding wraps to ``start``)."""
         if not 0 <= rank < self.world_size:
             raise ValueError(f"rank {rank} outside world of {self.world_size}")
-        start = t * self.step_size + rank * self.batch_size
-        pos = np.arange(start, start + self.batch_size, dtype=np.int64)
-        L = self.epoch_length
-        return pos if L == INFINITE else pos % L
+        first = t * self.step_size + rank * self.batch_size
+        pos = np.arange(first, first + self.batch_size, dtype=np.int64)
+        n = self.remaining
+        return self.start + (pos if n == INFINITE else pos % max(n, 1))
 
     def batch(self, rank: int, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(source, index within source) of each sample of rank ``rank``'s batch ``t``."""
@@ -262,5 +275,5 @@ class Plan:
 
     def summary(self) -> dict:
         return {"sizes": list(self.sizes), "int_weights": list(self.int_weights), "period": self.period,
-                "epoch_length": self.epoch_length, "batches_per_rank": self.batches_per_rank,
+                "epoch_length": self.epoch_length, "start": self.start, "batches_per_rank": self.batches_per_rank,
                 "padding": self.padding, "dropped": self.dropped}

@@ -5,7 +5,8 @@ A DataLoader worker iterates its own copy of the dataset (forked, or pickled for
 process after the workers started would never reach it. So the state that decides which epoch a pass
 reads lives here, in a few shared integers that the main process and every worker see: the epoch and
 position to start from (written by ``set_epoch``/``load_state_dict`` in the main process), how many
-workers took part in the current pass and how many finished their slice, and the samples skipped.
+workers took part in the current pass and how many finished their slice, the samples skipped, and
+the epoch position the pass's plan starts at (non-zero only after an elastic resume).
 
 The rule for a pass that begins without a new ``set_epoch``: when every worker of the previous pass
 finished its slice, the next epoch begins; otherwise (a pass that was broken off) the current epoch
@@ -21,15 +22,15 @@ from __future__ import annotations
 import multiprocessing
 from multiprocessing import context as mp_context
 
-_GENERATION, _EPOCH, _POSITION, _WORKERS, _FINISHED, _SKIPPED = range(6)
+_GENERATION, _EPOCH, _POSITION, _WORKERS, _FINISHED, _SKIPPED, _START = range(7)
 
 
 class SharedProgress:
-    """Six shared int64 slots under one lock (created in the spawn context, so that both forked and
+    """Seven shared int64 slots under one lock (created in the spawn context, so that both forked and
     spawned DataLoader workers can inherit it)."""
 
     def __init__(self, values: list[int] | None = None):
-        self._slots = multiprocessing.get_context("spawn").Array("q", values or [0] * 6)
+        self._slots = multiprocessing.get_context("spawn").Array("q", values or [0] * 7)
 
     def __reduce__(self):
         if mp_context.get_spawning_popen() is not None:  # handing it to a worker being spawned
@@ -37,22 +38,23 @@ class SharedProgress:
         with self._slots.get_lock():
             return SharedProgress, (list(self._slots),)
 
-    def restart(self, epoch: int, position: int) -> None:
+    def restart(self, epoch: int, position: int, start: int = 0) -> None:
         """An explicit state from the main process: the next pass starts here."""
         with self._slots.get_lock():
             s = self._slots
             s[_GENERATION] += 1
-            s[_EPOCH], s[_POSITION], s[_WORKERS], s[_FINISHED] = epoch, position, 0, 0
+            s[_EPOCH], s[_POSITION], s[_START], s[_WORKERS], s[_FINISHED] = epoch, position, start, 0, 0
 
-    def begin(self, workers: int) -> tuple[int, int, int]:
-        """A worker (or the main process, ``workers=1``) starts a pass: (generation, epoch, position)."""
+    def begin(self, workers: int) -> tuple[int, int, int, int]:
+        """A worker (or the main process, ``workers=1``) starts a pass: (generation, epoch, position,
+        start)."""
         with self._slots.get_lock():
             s = self._slots
             if s[_WORKERS] and s[_FINISHED] >= s[_WORKERS]:  # the previous pass was read to its end
                 s[_GENERATION] += 1
-                s[_EPOCH], s[_POSITION], s[_FINISHED] = s[_EPOCH] + 1, 0, 0
+                s[_EPOCH], s[_POSITION], s[_START], s[_FINISHED] = s[_EPOCH] + 1, 0, 0, 0
             s[_WORKERS] = workers
-            return s[_GENERATION], s[_EPOCH], s[_POSITION]
+            return s[_GENERATION], s[_EPOCH], s[_POSITION], s[_START]
 
     def finish(self, generation: int) -> None:
         """A worker read its whole slice of the pass it began at ``generation``."""
