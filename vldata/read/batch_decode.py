@@ -5,15 +5,16 @@ an EXIF rotation go to one batched ``torchvision.io.decode_jpeg(..., device=devi
 CUDA, libjpeg-turbo on the CPU); progressive, CMYK/YCCK, grayscale and EXIF-rotated JPEGs, PNG, WebP
 and anything else go to the CPU path (Pillow), as does any image of a batched call that fails: the
 batch is bisected until the failing images are isolated. Images are resized (antialiased) and cropped
-on the device. The result is a uint8 [B, 3, H, W] tensor and a bool [B] ``ok`` mask; an image that
-decodes nowhere is zeros with ok=False. One ``BatchDecoder`` per device, used under a lock; decode in
+on the device; ``crop="random_resized"`` takes its box from ``decode.random_resized_box``
+(torchvision's sampler, as on the CPU path), seeded per image by one draw from ``generator``. The
+result is a uint8 [B, 3, H, W] tensor and a bool [B] ``ok`` mask; an image that decodes nowhere is
+zeros with ok=False. One ``BatchDecoder`` per device, used under a lock; decode in
 the main process on CUDA, never in DataLoader workers.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import struct
 import threading
 from collections import Counter
@@ -24,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
 from PIL import ImageOps
+
+from vldata.read.decode import random_resized_box
 
 Crop = Literal["center", "random_resized"]
 _SOF_BASELINE = {0xC0, 0xC1}  # baseline / extended sequential Huffman
@@ -114,18 +117,10 @@ def _resize_crop(img: torch.Tensor, size: tuple[int, int], crop: Crop, generator
 
 def _random_resized_box(h: int, w: int, generator: torch.Generator | None,
                         scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    area = h * w
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * torch.empty(1).uniform_(*scale, generator=generator).item()
-        aspect = math.exp(torch.empty(1).uniform_(*log_ratio, generator=generator).item())
-        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator).item())
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator).item())
-            return top, left, ch, cw
-    side = min(h, w)  # fall back to a center square
-    return (h - side) // 2, (w - side) // 2, side, side
+    """(top, left, height, width) from ``decode.random_resized_box`` (torchvision's sampler), its numpy
+    Generator seeded by one draw from ``generator`` (torch's global generator when None)."""
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator).item())
+    return random_resized_box(w, h, scale, ratio, rng=np.random.default_rng(seed))
 
 
 class BatchDecoder:
@@ -157,7 +152,7 @@ class BatchDecoder:
                 if img is None:
                     try:
                         img = _cpu_decode(data).to(self.device, non_blocking=True)
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - an image that decodes nowhere is zeros with ok=False
                         self.stats["failed"] += 1
                         continue
                 out[i] = _resize_crop(img, (H, W), crop, generator)
@@ -174,7 +169,7 @@ class BatchDecoder:
         tensors = [torch.frombuffer(bytearray(raw[i]), dtype=torch.uint8) for i in indices]
         try:
             images = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any device failure: bisect, then the CPU path
             if len(indices) == 1:
                 self.stats["cpu_after_device_failure"] += 1
                 return

@@ -241,12 +241,13 @@ class TorchDataset(IterableDataset):
     def _choose_text(self, sample: dict[str, Any], rng: np.random.Generator | None) -> None:
         if callable(self.text):
             sample["text"] = self.text(sample)
-        elif isinstance(self.text, str):
-            sample["text"] = sample.get(self.text)
-        else:  # one of several fields, uniformly among those the sample has
+        elif isinstance(self.text, str):  # a sample without the field (another source) keeps its text
+            if sample.get(self.text) is not None:
+                sample["text"] = sample[self.text]
+        else:  # one of several fields, uniformly among those the sample has; else its own text
             have = [name for name in self.text if sample.get(name) not in (None, "")]
-            name = have[int(rng.integers(len(have)))] if have else None
-            sample["text"], sample["text_field"] = (sample[name] if name else ""), name
+            name = have[int(rng.integers(len(have)))] if have else "text"
+            sample["text"], sample["text_field"] = sample.get(name, ""), name
 
     def _map(self, sample: dict[str, Any], g: int) -> dict[str, Any]:
         """The user's function, with torch's generator seeded from this sample's position (restored
