@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -226,9 +227,7 @@ class TorchDataset(IterableDataset):
                 array = decode_image(sample["image"], self.image_size, **self._crop_args(rng))
             except Exception as e:
                 return self._skip(sample.get("key"), f"image does not decode: {type(e).__name__}: {e}")
-            if not array.flags.writeable:  # Pillow's buffer: torch wants memory it may write
-                array = array.copy()
-            sample["image"] = torch.from_numpy(array).permute(2, 0, 1)  # [3, H, W], a view of HWC
+            sample["image"] = _chw(array)
         if self.map is not None:
             sample = self._map(sample, g)
         return sample
@@ -282,6 +281,15 @@ class TorchDataset(IterableDataset):
             else:
                 batch[name] = collate_values(values)
         return batch
+
+
+def _chw(array: np.ndarray) -> torch.Tensor:
+    """A uint8 [3, H, W] view of an HWC array, without a copy. Pillow hands out its pixels as a
+    read-only buffer that this array alone holds; torch warns about wrapping read-only memory, which
+    here nobody else can see."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def collate_values(values: list) -> Any:
