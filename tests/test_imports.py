@@ -28,7 +28,7 @@ ALLOWED = {
     "write": {"errors", "layout", "describe", "ingest"},
     "read": {"errors", "layout"},
     "tools": {"errors", "layout", "describe", "read", "write", "ingest"},
-    "cli": {"errors", "layout", "write", "tools"},
+    "cli": {"errors", "layout", "write", "tools", "read"},  # read: ``vldata index`` (plain tars)
     "": {"errors", "layout", "describe", "ingest", "write", "read", "tools"},  # vldata/__init__.py
 }
 # tools that only read a build: they must not depend on building

@@ -1,9 +1,10 @@
-"""The ``vldata`` command: list, sample, build, inspect, validate, publish.
+"""The ``vldata`` command: list, sample, build, inspect, validate, publish, index.
 
 Structural problems (unknown builder, missing file or column, bad ``--set``) exit with status 2 and
 one line on stderr before any work starts; row-level problems are counted, never fatal.
 It parses arguments and prints; it must not hold logic of its own (each command is one call into
-``vldata.write`` or ``vldata.tools``), and only list, sample and build load the build side.
+``vldata.write``, ``vldata.tools`` or, for ``index``, ``vldata.read``), and only list, sample and build
+load the build side.
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repos private")
     p.add_argument("--revision", default=None, metavar="REV", help="branch to commit to (created if missing)")
     p.add_argument("--dry-run", action="store_true", help="print the plan; no network")
+    p = sub.add_parser("index", help="index plain webdataset tars (img2dataset, DataComp, ...) for vldata.open")
+    p.add_argument("path", help="a folder of tars, a prefix (.../shard-) or a brace pattern (.../{00000..00009}.tar); "
+                                "local or an fsspec URL")
+    p.add_argument("--index-dir", default=None, help="where the index goes (default: next to the tars; "
+                                                      "required for remote tars)")
+    p.add_argument("--image", default=None, metavar="'jpg;png'", help="primary image members, in order of "
+                                                                      "preference (default 'jpg;jpeg;png;webp')")
+    p.add_argument("--text", default=None, metavar="txt", help="the text member (default txt)")
     return ap
 
 
@@ -175,6 +184,11 @@ def _run_tool(args) -> int:
             print(p)
         print(f"{args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 0 if not problems else 1
+    if args.command == "index":
+        from vldata.read.tar_index import index
+
+        print(index(args.path, index_dir=args.index_dir, image=args.image, text=args.text))
+        return 0
     if args.command == "publish":
         from huggingface_hub.errors import HfHubHTTPError
 

@@ -3,8 +3,9 @@
 Everything another program relies on when it reads a build is decided here: the format folder names
 and the manifest's file name, the shard, member-index, values and side-table file names, the sample
 key rule, how a record's fields become the members of a webdataset sample (and back), how to find the
-format folders of OUT, how to read a manifest, and how files are replaced atomically. The writer,
-the reader, ``validate`` and ``inspect`` all use these definitions, so the contract is typed once.
+format folders of OUT, how to read a manifest, how files are replaced atomically, where the local
+cache is, and how the members of plain webdataset tars (written by anyone) become a sample. The
+writer, the reader, ``validate`` and ``inspect`` all use these definitions, so the contract is typed once.
 
 A leaf module: it imports nothing from vldata but ``errors`` and knows no dataset, no Record class
 and no pyarrow; a Record's member layout is derived from the Record by ``describe.schema``.
@@ -35,6 +36,7 @@ KEY_PATTERN = r"^[A-Za-z0-9_-]+$"
 _KEY_RE = re.compile(KEY_PATTERN)
 IMAGE_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # sniffed format -> member suffix
 IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS.values())
+MAX_SAMPLE_BYTES = 1 << 30  # one sample's members, read in one request: more is a broken index, not data
 
 
 def valid_key(key: str) -> bool:
@@ -165,11 +167,33 @@ def manifest_problems(manifest: Any) -> list[str]:
                 count(n, f"shard {sh.get('path')!r} row group size")
         if isinstance(info.get("values"), dict):
             path(info["values"].get("path"), "values")
+    if "plain" in manifest:
+        problems += _plain_problems(manifest["plain"])
     tables = manifest.get("tables") or {}
     if not isinstance(tables, dict):
         return problems + ["'tables' is not an object"]
     for name, table in tables.items():
         path(table.get("path") if isinstance(table, dict) else None, f"table {name!r}")
+    return problems
+
+
+def _plain_problems(plain: Any) -> list[str]:
+    """What makes the ``plain`` section (the member choice of tars vldata did not write) unusable."""
+    if not isinstance(plain, dict):
+        return ["'plain' is not an object"]
+    problems = []
+    images = plain.get("image")
+    if not isinstance(images, list) or not images or not all(isinstance(m, str) and m for m in images):
+        problems.append("'plain.image' is not a list of member suffixes")
+    if not isinstance(plain.get("text"), str) or not plain.get("text"):
+        problems.append("'plain.text' is not a member suffix")
+    for name in ("source", "root"):
+        if not isinstance(plain.get(name), str):
+            problems.append(f"'plain.{name}' is not a string")
+    excluded = plain.get("excluded", [])
+    if not isinstance(excluded, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("path"), str) and inside(e["path"]) for e in excluded):
+        problems.append("'plain.excluded' is not a list of tars inside the folder")
     return problems
 
 
@@ -191,13 +215,35 @@ def read_checked_manifest(root: str | Path, fs=None) -> dict:
 
 def escapes(folder: str | Path, path: str | Path) -> str | None:
     """Why a local file under ``folder`` must not be read, or None: a link that leads outside the
-    folder, or something that is not a regular file (a device never ends)."""
+    folder, or something that is not a regular file (a device never ends). In a Hugging Face cache
+    snapshot (``.../datasets--ORG--NAME/snapshots/REV/``) every file is a link into the repo's
+    ``blobs/``: links there are inside too."""
     real, root = os.path.realpath(path), os.path.realpath(folder)
-    if not real.startswith(root.rstrip(os.sep) + os.sep):
+    if not any(real.startswith(r.rstrip(os.sep) + os.sep) for r in (root, *_hub_blobs(root))):
         return f"{path}: leads outside {folder}"
     if os.path.exists(real) and not os.path.isfile(real):
         return f"{path}: not a regular file"
     return None
+
+
+def _hub_blobs(root: str) -> list[str]:
+    """The ``blobs/`` folder of the Hugging Face cache repo whose snapshot holds ``root`` (or [])."""
+    for folder in (Path(root), *Path(root).parents):
+        blobs = folder.parent.parent / "blobs"
+        if folder.parent.name == "snapshots" and blobs.is_dir():
+            return [str(blobs)]
+    return []
+
+
+def cache_dir() -> Path:
+    """The local cache: ``$VLDATA_CACHE``, else ``~/.cache/vldata`` (mirrored raw input, remote
+    builds' work folders, member indexes of plain tars)."""
+    return Path(os.environ.get("VLDATA_CACHE") or Path.home() / ".cache" / "vldata")
+
+
+def cache_slot(kind: str, url: str) -> Path:
+    """The cache folder for one URL (or pattern) of one kind: ``cache_dir()/kind/<sha256 of url>``."""
+    return cache_dir() / kind / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def stats_file(root: str | Path, fs=None) -> str:
@@ -350,6 +396,61 @@ class MemberLayout:
         declared = {"txt", "json", *manifest.get("image_members", []), *(n for n in features if n.endswith(".txt"))}
         # text members are read by their suffix alone
         return cls(manifest.get("primary_image", "image"), tuple(images), tuple(lists), declared=frozenset(declared))
+
+
+PLAIN_IMAGES = ("jpg", "jpeg", "png", "webp")  # a plain tar's primary image: the first of these present
+PLAIN_TEXT = "txt"
+_PLAIN_RESERVED = frozenset({"key", "image", "text", "source"})  # never taken from a .json member
+
+
+@dataclass(frozen=True)
+class PlainLayout:
+    """How the members of a webdataset tar that vldata did not write (img2dataset, DataComp, anything
+    from ``webdataset.TarWriter``) become the sample dict every Source returns.
+
+    ``image`` is the first of ``images`` (member suffixes, in order of preference) that the sample has,
+    ``text`` the ``text`` member, ``json`` members are decoded and their fields merged (never over
+    ``key``, ``image``, ``text``, ``source`` or a member's own field), ``cls`` is an int, and every
+    other member is bytes under its suffix. Suffixes are matched case-insensitively.
+    """
+
+    images: tuple[str, ...] = PLAIN_IMAGES
+    text: str = PLAIN_TEXT
+
+    def primary(self, suffixes: Iterable[str]) -> str | None:
+        """The suffix of the primary image among a sample's member suffixes, or None."""
+        have = {s.lower() for s in suffixes}
+        return next((s for s in self.images if s in have), None)
+
+    def sample(self, key: str, members: Iterable[tuple[str, bytes]]) -> dict[str, Any]:
+        members = [(suffix.lower(), data) for suffix, data in members]
+        primary = self.primary(s for s, _ in members)
+        sample: dict[str, Any] = {"key": key, "image": None, "text": None}
+        decoded: list[Any] = []
+        for suffix, data in members:
+            if suffix == primary and sample["image"] is None:
+                sample["image"] = data
+            elif suffix == self.text:
+                sample["text"] = data.decode("utf-8")
+            elif suffix == "json":
+                decoded.append(json.loads(data))
+            elif suffix == "cls":
+                sample["cls"] = int(data.decode("utf-8").strip())
+            else:
+                sample[suffix] = data
+        for fields in decoded:
+            if not isinstance(fields, dict):
+                sample.setdefault("json", fields)
+                continue
+            for name, value in fields.items():
+                if name not in _PLAIN_RESERVED:
+                    sample.setdefault(name, value)
+        return sample
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> PlainLayout:
+        plain = manifest.get("plain") or {}
+        return cls(tuple(plain.get("image") or PLAIN_IMAGES), plain.get("text") or PLAIN_TEXT)
 
 
 def tar_samples(tar) -> Iterable[tuple[str, list[tuple[str, Any]]]]:

@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from vldata.errors import SampleError, ShardError, one_line
-from vldata.layout import MANIFEST, READ_PREFERENCE, MemberLayout, escapes, format_folders, read_checked_manifest
+from vldata.layout import (BUILD_DIR, MANIFEST, MAX_SAMPLE_BYTES, PLAN, READ_PREFERENCE, MemberLayout, PlainLayout,
+                           escapes, format_folders, read_checked_manifest)
 
 __all__ = ["SampleError", "ShardError", "Source", "ParquetSource", "WebDatasetSource", "open"]
 
-MAX_SAMPLE_BYTES = 1 << 30  # one sample's members, read in one request: more is a broken index, not data
 _INHERITED: list = []  # a forked process's references to what its parent opened (see _forget_open_files)
 
 
@@ -34,26 +34,59 @@ def _join(root: str, rel: str) -> str:
 
 
 def open(path: str, split: str = "train", format: str | None = None, name: str | None = None,  # noqa: A002
-         storage_options: dict | None = None) -> Source:
-    """A random-access source over OUT, OUT/parquet or OUT/webdataset (local path or fsspec URL).
-    When OUT holds both formats, ``format`` chooses (default: webdataset, read by byte ranges)."""
+         storage_options: dict | None = None, *, image: str | list[str] | None = None, text: str | None = None,
+         index_dir: str | None = None) -> Source:
+    """A random-access source over a vldata build (OUT, OUT/parquet or OUT/webdataset), a Hugging Face
+    parquet dataset, or a folder / URL prefix / brace pattern of plain webdataset tars; local or any
+    fsspec URL. When OUT holds both formats, ``format`` chooses (default: webdataset, read by byte
+    ranges). ``image``/``text`` name the image and text column (parquet) or member suffixes (tars) of
+    a dataset vldata did not build; ``index_dir`` is where plain tars' member indexes are (or go)."""
     fs, root = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
     folders = format_folders(root, fs, order=(format,) if format else READ_PREFERENCE)
-    if not folders:
-        raise FileNotFoundError(f"{path}: no {MANIFEST} here or in parquet/ or webdataset/")
-    root = folders[0]
-    manifest = read_checked_manifest(root, fs)
+    index_root = None
+    manifest = read_checked_manifest(folders[0], fs) if folders else None
+    if manifest is not None and not manifest.get("plain"):
+        root = folders[0]
+    else:  # not a build; plain tars indexed in place are checked against their tars like any index
+        manifest, root, index_root = _describe_foreign(fs, root, split, format, image, text, index_dir)
+        if manifest is None:
+            raise FileNotFoundError(f"{path}: no {MANIFEST} here or in parquet/ or webdataset/, "
+                                    "and no parquet dataset or webdataset tars")
     if split not in manifest["splits"]:
         raise KeyError(f"{path}: no split {split!r} (has {', '.join(manifest['splits'])})")
     cls = ParquetSource if manifest["format"] == "parquet" else WebDatasetSource
-    return cls(fs, root, manifest, split, name or manifest["builder"])
+    return cls(fs, root, manifest, split, name or manifest["builder"], index_root=index_root)
+
+
+def _describe_foreign(fs, root: str, split: str, format: str | None, image, text,  # noqa: A002
+                      index_dir: str | None) -> tuple[dict | None, str, str | None]:
+    """(manifest, data folder, index folder) of a dataset vldata did not build: a Hugging Face parquet
+    dataset (described from its README and parquet footers) or plain webdataset tars (described by
+    their member indexes, built once when missing; ``root`` may be a prefix or a brace pattern, the
+    data folder is the one holding the tars). (None, root, None) when ``root`` is neither."""
+    from vldata.read import hf_parquet, tar_index
+
+    parent = root.rstrip("/").rsplit("/", 1)[0]
+    if any(fs.exists(f"{out}/{BUILD_DIR}/{PLAN}") for out in (root, parent)):  # never a foreign dataset
+        raise FileNotFoundError(f"{root}: an unfinished vldata build (no {MANIFEST} yet): finish it with "
+                                "vldata build ... --resume")
+    if format in (None, "parquet"):
+        manifest = hf_parquet.describe(fs, root, split, image=image, text=text)
+        if manifest is not None:
+            return manifest, root, None
+    if format in (None, "webdataset"):
+        found = tar_index.describe(fs, root, split, index_dir=index_dir, image=image, text=text)
+        if found is not None:
+            return found
+    return None, root, None
 
 
 class Source:
     """Samples of one split, addressable by global index 0..len-1 (shards in manifest order)."""
 
-    def __init__(self, fs, root: str, manifest: dict, split: str, name: str):
+    def __init__(self, fs, root: str, manifest: dict, split: str, name: str, index_root: str | None = None):
         self.fs, self.root, self.manifest, self.split, self.name = fs, root, manifest, split, name
+        self.index_root = index_root or root  # where member indexes are (plain tars: maybe elsewhere)
         self._pid = os.getpid()
         self.shards = manifest["splits"][split]["shards"]
         self.shard_sizes = tuple(int(s["num_samples"]) for s in self.shards)
@@ -101,12 +134,14 @@ class Source:
     def _read(self, shard: int, j: int) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _inside(self, rel: str) -> str:
-        """The URL of a path from the manifest or an index. The manifest was checked to hold only
-        relative paths inside the folder; locally a link must not lead outside it either, and only
-        regular files are read (not a device that never ends)."""
-        url = _join(self.root, rel)
-        problem = escapes(self.root, url) if isinstance(self.fs, LocalFileSystem) else None
+    def _inside(self, rel: str, base: str | None = None) -> str:
+        """The URL of a path from the manifest or an index, relative to ``base`` (default: the data
+        folder). The manifest was checked to hold only relative paths inside the folder; locally a
+        link must not lead outside it either, and only regular files are read (not a device that
+        never ends)."""
+        base = base or self.root
+        url = _join(base, rel)
+        problem = escapes(base, url) if isinstance(self.fs, LocalFileSystem) else None
         if problem:
             raise ShardError(problem)
         return url
@@ -153,7 +188,9 @@ class Source:
 
 
 class ParquetSource(Source):
-    """Parquet shards, read one row group at a time."""
+    """Parquet shards, read one row group at a time. A manifest with ``columns`` (a Hugging Face
+    dataset vldata did not build, ``hf_parquet``) names the text and key columns: ``text`` and ``key``
+    are taken from them (the original columns stay), a missing key is ``<key_prefix>_<row>``."""
 
     def __init__(self, *args, cache_row_groups: int = 2, **kwargs):
         super().__init__(*args, **kwargs)
@@ -161,6 +198,8 @@ class ParquetSource(Source):
         self._cache_files: OrderedDict = OrderedDict()
         self._keep_row_groups = cache_row_groups
         self._image_columns = [n for n, f in self.manifest["features"].items() if _is_image(f)]
+        columns = self.manifest.get("columns")  # column names (or None) of the text and the key
+        self._columns = {k: v for k, v in columns.items() if isinstance(v, str)} if isinstance(columns, dict) else None
 
     def _file(self, s: int) -> pq.ParquetFile:
         if s not in self._cache_files:
@@ -177,7 +216,7 @@ class ParquetSource(Source):
                 meta = self._file(s).metadata
             except ShardError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever pyarrow raises on a broken file
                 raise ShardError(f"{self.shard_url(s)}: unreadable parquet footer ({type(e).__name__})") from None
             sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
             self.shards[s]["row_groups"] = sizes
@@ -196,7 +235,7 @@ class ParquetSource(Source):
                 table = self._file(s).read_row_group(g)
             except ShardError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever pyarrow raises on a broken file
                 raise ShardError(f"{self.shard_url(s)}: row group {g} unreadable ({one_line(e)})") from None
             self._cache[(s, g)] = table
             while len(self._cache) > self._keep_row_groups:
@@ -210,43 +249,75 @@ class ParquetSource(Source):
         except (UnicodeDecodeError, ValueError) as e:  # bytes changed inside a page the footer cannot tell
             raise SampleError(f"{self.shard_url(s)}: row {j} does not decode ({one_line(e)})") from None
         for col in self._image_columns:
-            value = row[col]
-            if isinstance(value, list):
-                row[col] = [v["bytes"] if v else None for v in value]
-            elif value is not None:
-                row[col] = value["bytes"]
+            value = row.get(col)
+            row[col] = [_image_bytes(v) for v in value] if isinstance(value, list) else _image_bytes(value)
         primary = self.manifest.get("primary_image", "image")
         if primary != "image" and primary in row:
             row["image"] = row[primary]
+        if self._columns is not None:  # a dataset vldata did not build: its own text and key columns
+            text = row.get(self._columns.get("text"))
+            row["text"] = text if isinstance(text, str) else ""
+            key = row.get(self._columns.get("key"))
+            row["key"] = str(key) if key is not None else f"{self.shards[s].get('key_prefix', s)}_{j}"
         return row
 
 
+def _image_bytes(value: Any) -> bytes | None:
+    """The encoded bytes of an HF Image cell ({bytes, path}). A cell with only a path is a missing
+    image: a path in a downloaded dataset is never followed."""
+    return value.get("bytes") if isinstance(value, dict) else value
+
+
 def _is_image(feature: Any) -> bool:
+    """Whether an HF feature is an Image or a list of them (``List``/``Sequence``, or ``[Image]``)."""
+    if isinstance(feature, list) and len(feature) == 1:
+        return _is_image(feature[0])
     if isinstance(feature, dict):
         if feature.get("_type") == "Image":
             return True
-        if feature.get("_type") in ("List", "Sequence"):
+        if feature.get("_type") in ("List", "Sequence", "LargeList"):
             return _is_image(feature.get("feature"))
     return False
 
 
 class WebDatasetSource(Source):
-    """Tar shards, read by byte range through each shard's member index."""
+    """Tar shards, read by byte range through each shard's member index. Plain tars (a manifest with
+    ``plain``, see ``read.tar_index``) use ``PlainLayout`` and may have their indexes in another folder,
+    even on another filesystem (a local cache for tars on a web server)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, fs, root: str, manifest: dict, split: str, name: str, index_root: str | None = None):
+        super().__init__(fs, root, manifest, split, name, index_root=index_root)
         self._cache: OrderedDict = OrderedDict()  # shard -> index
         self._files: OrderedDict = OrderedDict()  # shard -> open file
-        self._layout = MemberLayout.from_manifest(self.manifest)
+        self._layout = PlainLayout.from_manifest(self.manifest) if self.manifest.get("plain") \
+            else MemberLayout.from_manifest(self.manifest)
+        self._index_fs, self._index_base = None, self.index_root  # None: the data's filesystem
+        if self.index_root != self.root:
+            self._index_fs, self._index_base = fsspec.core.url_to_fs(self.index_root)
+
+    def _forget_open_files(self) -> None:
+        super()._forget_open_files()
+        if self._index_fs is not None and not isinstance(self._index_fs, LocalFileSystem):
+            self._index_fs = type(self._index_fs)(**self._index_fs.storage_options, skip_instance_cache=True)
+
+    def _index_url(self, rel: str) -> tuple[Any, str]:
+        """(filesystem, URL) of a member index named in the manifest (checked like ``_inside``)."""
+        if self._index_fs is None:
+            return self.fs, self._inside(rel, self.index_root)
+        url = _join(self._index_base, rel)
+        problem = escapes(self._index_base, url) if isinstance(self._index_fs, LocalFileSystem) else None
+        if problem:
+            raise ShardError(problem)
+        return self._index_fs, url
 
     def _index(self, s: int) -> list:
         if s not in self._cache:
             info = self.shards[s]
             if "index" not in info:
                 raise ShardError(f"{self.shard_url(s)}: the manifest lists no member index (built by an older vldata?)")
-            url = self._inside(info["index"])
+            fs, url = self._index_url(info["index"])
             try:
-                with self.fs.open(url, "rb") as f:
+                with fs.open(url, "rb") as f:
                     doc = json.load(f)
             except FileNotFoundError:
                 raise ShardError(f"{url}: member index missing") from None
@@ -299,3 +370,4 @@ class WebDatasetSource(Source):
                                                   for suffix, offset, size in members))
         except (ValueError, UnicodeDecodeError) as e:  # a .json or .txt member that does not decode
             raise SampleError(f"{self.shard_url(s)}: sample {key}: a member does not decode ({type(e).__name__})") from None
+

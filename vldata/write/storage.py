@@ -13,7 +13,6 @@ It must not build: it only moves finished files.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import fsspec
 
 from vldata.errors import StructuralError
-from vldata.layout import BUILD_DIR, FAILURES, MANIFEST, STATS
+from vldata.layout import BUILD_DIR, FAILURES, MANIFEST, STATS, cache_slot
 
 BUILD_FILES = (f"{BUILD_DIR}/{STATS}", f"{BUILD_DIR}/{FAILURES}")
 
@@ -37,21 +36,13 @@ def local_path(path: str | os.PathLike) -> Path:
     return Path(text[len("file://"):]) if text.startswith("file://") else Path(text)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("VLDATA_CACHE") or Path.home() / ".cache" / "vldata")
-
-
-def _slot(kind: str, url: str) -> Path:
-    return cache_root() / kind / hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
 def stage_raw(url: str, storage_options: dict | None = None) -> Path:
     """Mirror the remote folder ``url`` into the local cache; returns the local folder. Files whose
     size matches are not downloaded again; local files no longer present remotely are removed."""
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     if not fs.isdir(root):
         raise StructuralError(f"raw input {url} does not exist or is not a folder")
-    dest = _slot("raw", url)
+    dest = cache_slot("raw", url)
     root = root.rstrip("/")
     wanted: set[Path] = set()
     for remote, info in sorted(fs.find(root, detail=True).items()):
@@ -73,7 +64,7 @@ def stage_raw(url: str, storage_options: dict | None = None) -> Path:
 
 def work_folder(url: str) -> Path:
     """The local folder where a build for the remote ``url`` is made (and resumed)."""
-    return _slot("work", url)
+    return cache_slot("work", url)
 
 
 def check_remote_out(url: str, resume: bool, overwrite: bool, storage_options: dict | None = None) -> None:
