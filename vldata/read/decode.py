@@ -200,9 +200,14 @@ def collate_images(arrays: list[np.ndarray]):
 
     if not arrays:
         return torch.empty((0, 3, 0, 0), dtype=torch.uint8)
-    batch = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.uint8)
+    shape = (len(arrays), *arrays[0].shape)
     if get_worker_info() is not None:
-        batch.share_memory_()
+        # born in shared memory, as DataLoader's own collate does: share_memory_() on a new tensor
+        # would first fill private pages, then copy them (measured: 187 against 129 us per 224 px image)
+        storage = torch.UntypedStorage._new_shared(math.prod(shape))
+        batch = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    else:
+        batch = torch.empty(shape, dtype=torch.uint8)
     view = batch.numpy()
     for i, a in enumerate(arrays):
         view[i] = a
