@@ -78,10 +78,13 @@ class Mix:
     def plan(self, epoch: int = 0, world_size: int = 1, batch_size: int = 1, shuffle: bool = True,
              window: int = 4096, drop_last: bool = False, seed: int | None = None, start: int = 0) -> Plan:
         seed = self.seed if seed is None else seed
-        return Plan(shard_sizes=tuple(s.shard_sizes for s in self.sources), weights=self.weights,
+        # each source is shuffled by the blocks its reader reads whole (parquet row groups, tar
+        # shards), its window no wider than what its reader keeps (a few row groups)
+        return Plan(shard_sizes=tuple(s.block_sizes for s in self.sources), weights=self.weights,
                     seed=seed, epoch=epoch, stop=self.stop, world_size=world_size,
                     batch_size=batch_size, shuffle=shuffle, window=window, drop_last=drop_last,
-                    start=start, subsets=self.subsets(epoch, seed))
+                    start=start, subsets=self.subsets(epoch, seed),
+                    windows=tuple(min(window, s.locality or window) for s in self.sources))
 
     def fingerprint(self) -> str:
         """What a saved position refers to: the sources (names, shard sizes), weights, stop rule and

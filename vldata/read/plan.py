@@ -88,8 +88,9 @@ def period_schedule(a: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=32)
 def local_order(shard_sizes: tuple[int, ...], seed: int, epoch: int, source: int, pass_: int,
                 window: int, shuffle: bool) -> np.ndarray:
-    """A permutation of one source's samples: shards in a random order, then samples shuffled
-    within consecutive windows of ``window`` (bounded locality); identity when not shuffling."""
+    """A permutation of one source's samples: shards (or the blocks a reader reads whole: parquet row
+    groups) in a random order, then samples shuffled within consecutive windows of ``window``
+    (bounded locality); identity when not shuffling."""
     n = int(sum(shard_sizes))
     if not shuffle:
         idx = np.arange(n, dtype=np.int64)
@@ -131,6 +132,9 @@ class Plan:
     window: int = 4096
     drop_last: bool = False
     start: int = 0
+    # per source: the shuffle window (None: ``window`` for all), so that a source read by blocks
+    # (parquet row groups) keeps each window within the few blocks its reader holds
+    windows: tuple[int, ...] | None = None
     # per source: the sorted global indices this epoch may use (balanced sampling), or None for all
     subsets: tuple[np.ndarray | None, ...] | None = field(default=None, compare=False, repr=False)
     int_weights: tuple[int, ...] = field(init=False)
@@ -147,6 +151,8 @@ class Plan:
         subsets = self.subsets or (None,) * len(self.shard_sizes)
         if len(subsets) != len(self.shard_sizes):
             raise ValueError("one subset (or None) per source")
+        if self.windows is not None and len(self.windows) != len(self.shard_sizes):
+            raise ValueError("one window per source")
         sizes = tuple(int(sum(s)) if sub is None else len(sub) for s, sub in zip(self.shard_sizes, subsets))
         ints = rational_weights(list(weights))
         for k, (w, n) in enumerate(zip(ints, sizes)):
@@ -208,8 +214,9 @@ class Plan:
             shard_sizes = self.shard_sizes[k] if sub is None else self._subset_shard_sizes(int(k))
             for p in np.unique(passes):
                 pm = passes == p
+                window = self.windows[k] if self.windows else self.window
                 out[pm] = local_order(shard_sizes, self.seed, self.epoch, int(k), int(p),
-                                      self.window, self.shuffle)[within[pm]]
+                                      window, self.shuffle)[within[pm]]
             idx[mask] = out if sub is None else sub[out]
         return src, idx
 

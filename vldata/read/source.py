@@ -97,6 +97,17 @@ class Source:
     def __len__(self) -> int:
         return self._starts[-1]
 
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        """Sample counts of the blocks this source reads whole or keeps together, in index order
+        (the plan shuffles their order): its shards."""
+        return self.shard_sizes
+
+    @property
+    def locality(self) -> int | None:
+        """The widest shuffle window this source reads without thrashing (None: any)."""
+        return None
+
     def locate(self, i: int) -> tuple[int, int]:
         """(shard number, index within the shard) of global index i."""
         if not 0 <= i < len(self):
@@ -192,7 +203,7 @@ class ParquetSource(Source):
     dataset vldata did not build, ``hf_parquet``) names the text and key columns: ``text`` and ``key``
     are taken from them (the original columns stay), a missing key is ``<key_prefix>_<row>``."""
 
-    def __init__(self, *args, cache_row_groups: int = 2, **kwargs):
+    def __init__(self, *args, cache_row_groups: int = 3, **kwargs):
         super().__init__(*args, **kwargs)
         self._cache: OrderedDict = OrderedDict()
         self._cache_files: OrderedDict = OrderedDict()
@@ -200,6 +211,23 @@ class ParquetSource(Source):
         self._image_columns = [n for n, f in self.manifest["features"].items() if _is_image(f)]
         columns = self.manifest.get("columns")  # column names (or None) of the text and the key
         self._columns = {k: v for k, v in columns.items() if isinstance(v, str)} if isinstance(columns, dict) else None
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        """Row groups, where the manifest gives them (a row group is read whole)."""
+        groups = [sh.get("row_groups") for sh in self.shards]
+        if all(isinstance(g, list) and sum(g) == n for g, n in zip(groups, self.shard_sizes)):
+            return tuple(n for g in groups for n in g if n)
+        return self.shard_sizes
+
+    @property
+    def locality(self) -> int | None:
+        """The median row group: a window that wide spans at most three row groups (the reader keeps
+        three), so each is read about once per pass instead of once per sample."""
+        if not any(sh.get("row_groups") for sh in self.shards):
+            return None
+        blocks = sorted(self.block_sizes)
+        return max(1, blocks[len(blocks) // 2]) if blocks else None
 
     def _file(self, s: int) -> pq.ParquetFile:
         if s not in self._cache_files:
