@@ -119,7 +119,7 @@ def test_the_ten_text_members_have_the_arbor_process_templates(built):
     out = parquet_rows(built)
     key = next(k for k, r in out.items() if r["scientific_name"] == "Steatoda grossa")
     for text_type, expected in STEATODA.items():
-        assert members[f"{key}.{text_type}.txt"].decode() == expected, text_type
+        assert members[f"{key}.{text_type.lower()}.txt"].decode() == expected, text_type
         assert out[key][f"text_{text_type}"] == expected
     assert members[f"{key}.txt"].decode() == STEATODA["taxon"] == out[key]["text"]
     # a missing common name follows the stated fallback, never "None"
@@ -138,8 +138,9 @@ def test_the_ten_text_members_have_the_arbor_process_templates(built):
     for name in members:
         key, suffix = name.split(".", 1)
         suffixes.setdefault(key, set()).add(suffix)
-    expected = {"txt", "json", *(f"{t}.txt" for t in TEXT_TYPES)}
-    assert all(s - expected in ({"jpg"}, {"png"}) for s in suffixes.values())
+    expected = {"txt", "json", *(f"{t.lower()}.txt" for t in TEXT_TYPES)}
+    # the primary image is KEY.jpg, JPEG or PNG (one image column on the Hub); no suffix has a capital
+    assert all(s - expected == {"jpg"} for s in suffixes.values())
     assert len(suffixes) == len(out)
 
 
@@ -155,7 +156,8 @@ READER = textwrap.dedent('''
                          "taxon": sorted(r["text_taxon"] for r in pq_rows)}
     result["hf_webdataset"] = {"n": len(wds_rows), "keys": sorted(r["__key__"] for r in wds_rows),
                                "taxon": sorted(r["taxon.txt"] for r in wds_rows),
-                               "sizes_ok": all((r.get("jpg") or r.get("png")).size[0] > 0 for r in wds_rows)}
+                               "columns": sorted(wds_rows[0]),
+                               "sizes_ok": all(r["jpg"].size[0] > 0 for r in wds_rows)}
     # how BioCLIP/Arboretum training reads it: an image and one --text_type member per sample
     tars = sorted(glob.glob(out + "/webdataset/*.tar"))
     pairs = list(webdataset.WebDataset(tars, shardshuffle=False).decode("pil").to_tuple("jpg;png", "taxon.txt", "__key__"))
@@ -175,8 +177,10 @@ def test_plain_datasets_and_webdataset_read_an_arboretum_build(built):
     for name in ("parquet", "hf_webdataset", "wds"):
         assert result[name]["n"] == len(keys) and result[name]["keys"] == keys and result[name]["taxon"] == taxon
     assert result["parquet"]["sizes_ok"] and result["hf_webdataset"]["sizes_ok"] and result["wds"]["json_ok"]
-    # webdataset lower-cases member suffixes (taxonTag.txt -> taxontag.txt), as for arbor_process's own tars
-    assert result["wds"]["members"] == sorted({"jpg", "png", "txt", "json", *(f"{t.lower()}.txt" for t in TEXT_TYPES)})
+    # the members as written (lower case: taxontag.txt), the PNG photos too under KEY.jpg
+    members = sorted({"jpg", "txt", "json", *(f"{t.lower()}.txt" for t in TEXT_TYPES)})
+    assert result["wds"]["members"] == members
+    assert result["hf_webdataset"]["columns"] == sorted(["__key__", "__url__", *members])
 
 
 def test_workers_do_not_change_the_shards(sample, built, tmp_path):

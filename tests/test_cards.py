@@ -220,7 +220,7 @@ LOAD_SCRIPT = textwrap.dedent("""
 
 def render_folder(folder: Path, sheet: card.Datasheet, fmt: str) -> dict:
     shards = write_parquet(folder, hf_metadata=False) if fmt == "parquet" else write_webdataset(folder)
-    image_suffixes = ["png"]
+    image_suffixes = ["jpg"]  # the primary image member, whatever its format
     features = schema.hf_features(Toy) if fmt == "parquet" else schema.wds_features(Toy, image_suffixes)
     glob = "data/{}-*.parquet" if fmt == "parquet" else "{}-*.tar"
     readme = card.render_readme(

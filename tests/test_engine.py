@@ -102,13 +102,13 @@ def test_extra_text_members_are_written_and_read_back(tmp_path):
 
     import vldata
 
-    run_build(CaptionedBuilder(), tmp_path, tmp_path / "out", formats=("webdataset",))
+    run_build(CaptionedBuilder(), tmp_path, tmp_path / "out", formats=("webdataset",), shuffle=None)  # src[i] = row i
     tar = next((tmp_path / "out" / "webdataset").glob("*.tar"))
     with tarfile.open(tar) as t:
         members = {m.name: t.extractfile(m).read() for m in t}
     assert members["c0.alt.txt"] == b"alt 0" and "c1.alt.txt" not in members and members["c2.txt"] == b"main 2"
     src = vldata.open(tmp_path / "out" / "webdataset")
-    assert src.manifest["image_members"] == ["png"]  # text members are not images
+    assert src.manifest["image_members"] == ["jpg"]  # text members are not images
     assert src[0]["alt.txt"] == "alt 0" and src[0]["alt_text"] == "alt 0" and "alt.txt" not in src[1]
     reader = ("import datasets, sys; d = datasets.load_dataset(sys.argv[1])['train']; "
               "print(sorted(r['alt.txt'] or '-' for r in d))")

@@ -2,7 +2,10 @@
 
 The sha256 of every shard of three builds (SCIN, LAION served from a loopback port, Open Images) was
 recorded before the code moved into packages. A change that alters shard bytes on purpose updates
-the table below in the same commit and says why.
+the table below in the same commit and says why. Last updated by the "output everyone reads" work:
+parquet written as `datasets` writes Hub-optimized files (page index, CDC, PLAIN uncompressed image
+columns), the primary image member always `KEY.jpg`, lower-case member suffixes, and shards in a
+seeded shuffle (by default) of the written rows.
 """
 
 from __future__ import annotations
@@ -18,51 +21,49 @@ SMALL = {"parquet": 40_000, "webdataset": 60_000}
 GOLDEN = {
     "laion": {
         "parquet/data/train-00000-of-00002.parquet":
-            "58e96ec3efdd68d8926134990152ca3b46fef550778392a4de0f78864945cbd0",
+            "1ce98835c3c0bfe926f67d7a218b5e14822443d9e690072e66073fb1ca357d0c",
         "parquet/data/train-00001-of-00002.parquet":
-            "ea2975f640a8c2cf32534c72936581daaa00162ab1f2bebcb9e042cf3b6413a4",
+            "bf3f1197f1d6bdce7a60cb717587ad085dcef6c941e1f1dce8027cbb465dc804",
         "webdataset/train-000000.tar":
-            "9dc37bd8bf58e6c7525dce5b1e30b20ad7b45b4a5fecf5167459fb52e40d1cfa",
+            "a83ab85556523031450e570de3df7fb22481175a067160fc67713659c192e1b8",
         "webdataset/train-000001.tar":
-            "4fc6675f0baaba94a1f46e3a18d308b371fd703b819830e51af738e4908b4fe2",
+            "3fd88c9efae83c4f4b4489ee7f66d99d3101ff64b6845f52aa2255e84665e1ed",
         "webdataset/train-000002.tar":
-            "9d544ba584edd9c1b3a1954b8dca9cac0021e4d0fcec231783b27c40fdfd55e1",
+            "15dd46fa94e8aee56f43ddaac72b2bf2299f874dd2efdf8fc453e1d5f2ea4551",
     },
     "open_images": {
         "parquet/data/test-00000-of-00001.parquet":
-            "7ea90adfb6338ad44b0b011623fdc5f63f569f53ff999899a8c09e4a63d027b2",
-        "parquet/data/train-00000-of-00002.parquet":
-            "4ca67a49e88a5a0826b012041b57c1ad832fc3f2b55a1753d6a9633d95f6c66c",
-        "parquet/data/train-00001-of-00002.parquet":
-            "309e3daf2265e12b10ce69588a0dd79e395a82c48f68e8eddae990d3a7971ba3",
+            "3c7499299cd7a68192ed9fb2168a0555b142d786a2adcfaf92344516e60323af",
+        "parquet/data/train-00000-of-00001.parquet":
+            "4b2829f6ae73e5c45309ef3048c7ebd616dcacbc8e1a3fe6160e0fa34c493858",
         "parquet/data/validation-00000-of-00001.parquet":
-            "6766299239f3851948c45534b99f46a5b98e6f0c45082154ea6a2cac3fab4b5f",
+            "228243baa63cae055eb92ae5629d9a22866516ab6e679ca349764045c0955c96",
         "webdataset/test-000000.tar":
-            "1c57174bd78564935ab9572e5a60e10a1a1d7cee47d59b05c81761da93ebf703",
+            "50e86675a3d351d36aecd9b4fea4f61e6cc9c6b297d6f4863bbf8931d81ce668",
         "webdataset/train-000000.tar":
-            "610ccf3be15edd5c65c431aa7b4687c82aa4d8e6b8934e655e3b1df41054b994",
+            "7cb1eb4743b97202294f89365b8969f00337a4a815a7693dc26a0531c2a1e80b",
         "webdataset/train-000001.tar":
-            "1c7adc9d7f824c0ecfcb7fd98a7f8e11750f539b7827aef18665b382e5dae51d",
+            "cefb34d4193e6fd96e4727c2ae4ef624dfda1cf8c9ff7cd2c032c6870f024dd9",
         "webdataset/validation-000000.tar":
-            "ae68c62b6fb9155a455390a0f7c8d53bb4fd3d2b873b9fca5e81721e6777865c",
+            "e21fff8d1e7aed1f731e8094036172aa031380e5ef71c838ee90f7f14e386c86",
     },
     "scin": {
         "parquet/data/train-00000-of-00004.parquet":
-            "06125e5da684768619358c158db8bc6840f4d8c096929804cc17dbd4658fcaeb",
+            "6230e5f6c6a84c12c056ca95dea0a8468dc84a0a87c63afd61722f020dd2274f",
         "parquet/data/train-00001-of-00004.parquet":
-            "6cadaa3b12864a64dd4b284d8dd7a0936d06d0726b3eb0ce7c0a903ca69d61a7",
+            "28add1e724cc657b0f17abac18fc7d5b92ce9e735a92ca078abc27adb538e628",
         "parquet/data/train-00002-of-00004.parquet":
-            "bf495b7e28af25582b4bc4c678926b6957c42168e98bdea94f42158360955e70",
+            "f2b80147243169eb3725008241aaaf1dfbd28b5665e53530a30fa6c8c37443db",
         "parquet/data/train-00003-of-00004.parquet":
-            "091c9ee4a400e5e243cc3141d9d0bcfa6217a29b41025c037406e958898f7580",
+            "8a73e483bc42ca00347d30efef0bda51e97b7c2cbd789b49ec9deb18a43e5e38",
         "webdataset/train-000000.tar":
-            "de567c083ca0a1ebd8c396363cfd7e40450c2439646cb25fe6f6c235f9d3aca3",
+            "057da7f456a8e3dbdb99058b34a3029a2e88718e89dd5039330cba5ac25553b3",
         "webdataset/train-000001.tar":
-            "00a72ac9d6785c681634d87abe62c883d4355e3635c662a4bae23b308826ec0b",
+            "ce36ebea4ec8bd34860ec2b8cda94b3f4fc4e5b67a5007d80aae6161853fc610",
         "webdataset/train-000002.tar":
-            "ffd2849894297c1037a5a3b03c8f8d6480bdd2495aee4829f9001b7965e98c07",
+            "64132f703660ee224d446acdb45177e1e81f8b2bf98a0141706e0463007bd60d",
         "webdataset/train-000003.tar":
-            "c97f49a811b4dc335bb4e4866f12760b448f108950ded26cf84fd416471093f3",
+            "b6818e53aeb919083b459f0ae13f258fb7dfabfcc3ce131796401016706abea8",
     },
 }
 

@@ -39,6 +39,7 @@ def expected_files(folder: Path) -> dict[str, int]:
         if "values" in info:
             paths.add(info["values"]["path"])
     paths.update(t["path"] for t in manifest.get("tables", {}).values())
+    paths.update(f["path"] for f in manifest.get("trainer_files", []))  # timm, open_clip, Energon
     return {p: (folder / p).stat().st_size for p in paths}
 
 
@@ -114,6 +115,9 @@ def test_dry_run_cli_lists_exactly_the_files_of_both_repos(scin_built):
                         "org/name-wds": expected_files(scin_built / "webdataset")}
     assert sum(p.endswith(".tar") for p in sections["org/name-wds"]) > 1  # several shards, with their indexes
     assert sum(p.endswith(".idx.json") for p in sections["org/name-wds"]) > 1
+    assert sum(p.endswith(".tar.idx") for p in sections["org/name-wds"]) > 1
+    assert {"_info.json", "sizes.json", ".nv-meta/.info.json", ".nv-meta/split.yaml",
+            ".nv-meta/dataset.yaml"} <= set(sections["org/name-wds"])
     assert sum(p.startswith("data/") for p in sections["org/name"]) > 1
     # the endpoint is the unreachable one: any call would have failed the command
     assert "http://127.0.0.1:9/datasets/org/name-wds" in proc.stdout
@@ -203,9 +207,11 @@ def test_explicit_token_reaches_the_client_and_no_output(scin_built, hub, monkey
     assert seen == [FAKE_TOKEN]
     commits = commits_by_repo(calls)["org/name-wds"]
     assert all(len(ops) <= 3 for ops in commits) and len(commits) > 3
-    for ops in commits[:-1]:  # a tar and its member index travel together
+    for ops in commits[:-1]:  # a tar and its indexes travel together
         paths = [op.path_in_repo for op in ops]
-        assert all(p.replace(".tar", ".idx.json") in paths for p in paths if p.endswith(".tar"))
+        assert all(p.replace(".tar", ".idx.json") in paths and p + ".idx" in paths for p in paths if p.endswith(".tar"))
+    order = [op.path_in_repo for ops in commits for op in ops]  # the trainers' counts come after every tar
+    assert max(i for i, p in enumerate(order) if p.endswith(".tar")) < order.index("_info.json")
     out, err = capsys.readouterr()
     assert FAKE_TOKEN not in out + err + caplog.text
 

@@ -24,7 +24,7 @@ READER = textwrap.dedent('''
             nested = feats["weighted_condition_label"].feature["weight"].dtype
             keys = [r["key"] for r in rows]
         else:
-            sizes = [r["png"].size for r in rows]
+            sizes = [r["jpg"].size for r in rows]  # the primary image, whatever its format (SCIN's are PNG)
             nested = feats["json"]["weighted_condition_label"].feature["weight"].dtype
             keys = [r["__key__"] for r in rows]
             assert all(isinstance(r["json"]["derm_gradable_fst"], list) for r in rows)
@@ -33,7 +33,7 @@ READER = textwrap.dedent('''
     tars = sorted(glob.glob(out + "/webdataset/*.tar"))
     samples = list(webdataset.WebDataset(tars, shardshuffle=False))
     result["wds"] = {"n": len(samples), "keys": sorted(s["__key__"] for s in samples),
-                     "complete": all("png" in s and "txt" in s and "json" in s for s in samples),
+                     "complete": all("jpg" in s and "txt" in s and "json" in s for s in samples),
                      "json_ok": all(json.loads(s["json"])["case_id"] == s["__key__"] for s in samples),
                      "keys_ok": all(re.fullmatch(r"[A-Za-z0-9_-]+", s["__key__"]) for s in samples)}
     result["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("vldata", "builders"))
@@ -66,6 +66,6 @@ def test_multi_image_cases_carry_their_other_images_as_members(scin_built):
         with tarfile.open(tar) as t:
             members += t.getnames()
     suffixes = {m.split(".", 1)[1] for m in members}
-    assert suffixes == {"png", "txt", "json", "image_2.png", "image_3.png"}
+    assert suffixes == {"jpg", "txt", "json", "image_2.png", "image_3.png"}  # the primary is KEY.jpg, always
     manifest = json.loads((scin_built / "webdataset" / "vldata.json").read_text())
-    assert manifest["image_members"] == ["png", "image_2.png", "image_3.png"]
+    assert manifest["image_members"] == ["jpg", "image_2.png", "image_3.png"]

@@ -97,8 +97,9 @@ def test_rows_round_trip_through_arrow_and_hf():
 def test_webdataset_members_and_json():
     rec = toy(mask=png(4, 4))
     members = dict(sch.image_members(rec))
-    assert list(members) == ["png", "thumbs_0.png", "thumbs_1.png", "mask.png"]  # primary, then declared order
-    assert members["png"] == rec.image.data
+    # the primary (KEY.jpg whatever its format: one image column), then the others by format, declared order
+    assert list(members) == ["jpg", "thumbs_0.png", "thumbs_1.png", "mask.png"]
+    assert members["jpg"] == rec.image.data
     doc = json.loads(sch.to_json_bytes(rec))
     assert "key" not in doc and "text" not in doc and "image" not in doc
     assert doc["image_info"]["sha256"] == rec.image.sha256

@@ -133,7 +133,7 @@ def test_corrupt_image_is_skipped_and_counted(scin_built, tmp_path, caplog):
     victim = src[2]["key"]
     index = src._index(0)
     _, members = index[2]
-    _, offset, size = next(m for m in members if m[0] == "png")
+    _, offset, size = next(m for m in members if m[0] == "jpg")
     tar = out / "webdataset" / src.shards[0]["path"]
     data = bytearray(tar.read_bytes())
     data[offset:offset + size] = b"\0" * size  # same size, not an image any more
@@ -198,7 +198,7 @@ def test_skips_in_workers_are_counted_where_the_loop_reads_them(scin_built, tmp_
     shutil.copytree(scin_built, out)
     src = vldata.open(out / "webdataset")
     _, members = src._index(0)[2]
-    _, offset, size = next(m for m in members if m[0] == "png")
+    _, offset, size = next(m for m in members if m[0] == "jpg")
     tar = out / "webdataset" / src.shards[0]["path"]
     data = bytearray(tar.read_bytes())
     data[offset:offset + size] = b"\0" * size

@@ -24,8 +24,8 @@ _NAMES = {
     "build": "vldata.write.api",
     "BuildReport": "vldata.write.report",
     "Builder": "vldata.write.builder", "Config": "vldata.write.builder", "Failed": "vldata.write.builder",
-    "Filtered": "vldata.write.builder", "Partition": "vldata.write.builder", "Pending": "vldata.write.builder",
-    "RowContext": "vldata.write.builder",
+    "Filtered": "vldata.write.builder", "Origin": "vldata.write.builder", "Partition": "vldata.write.builder",
+    "Pending": "vldata.write.builder", "RowContext": "vldata.write.builder",
     "get_builder": "vldata.write.registry", "list_builders": "vldata.write.registry",
     "Image": "vldata.describe.schema", "Record": "vldata.describe.schema",
     "StructuralError": "vldata.errors", "ShardError": "vldata.errors", "SampleError": "vldata.errors",
@@ -62,6 +62,6 @@ if TYPE_CHECKING:  # noqa: F401 - for type checkers and IDEs; at run time the na
     from vldata.read.torch_dataset import TorchDataset
     from vldata.tools.publish import PublishPlan, publish
     from vldata.write.api import build
-    from vldata.write.builder import Builder, Config, Failed, Filtered, Partition, Pending, RowContext
+    from vldata.write.builder import Builder, Config, Failed, Filtered, Origin, Partition, Pending, RowContext
     from vldata.write.registry import get_builder, list_builders
     from vldata.write.report import BuildReport

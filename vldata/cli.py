@@ -53,6 +53,19 @@ def parse_size(text: str) -> int:
     return value
 
 
+def parse_shuffle(text: str) -> int | None:
+    """``"none"`` -> None (input order); a seed -> that seed."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a seed or 'none': {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"a seed must be >= 0: {text!r}")
+    return seed
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vldata", description="Build, check and inspect vision-language datasets.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -71,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish an interrupted build in OUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing build in OUT")
     p.add_argument("--limit", type=int, default=None, help="only the first N input rows")
+    p.add_argument("--shuffle", type=parse_shuffle, default=0, metavar="SEED|none",
+                   help="order of the samples in the shards: a seeded random permutation (default seed 0), "
+                        "the same whatever the workers; 'none' keeps the input order")
     p.add_argument("--parquet-shard-size", type=parse_size, default="500MB", help="target parquet shard size")
     p.add_argument("--tar-shard-size", type=parse_size, default="1GB", help="target webdataset shard size")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
@@ -152,6 +168,7 @@ def _run_build_side(args) -> int:
         config = parse_settings(args.settings)
         report = api.build(args.name, args.raw, args.out, formats=args.format, workers=args.workers,
                            resume=args.resume, limit=args.limit, overwrite=args.overwrite, executor=args.executor,
+                           shuffle=args.shuffle,
                            shard_bytes={"parquet": args.parquet_shard_size, "webdataset": args.tar_shard_size},
                            **config)
         print(report)

@@ -4,8 +4,10 @@ Everything another program relies on when it reads a build is decided here: the 
 and the manifest's file name, the shard, member-index, values and side-table file names, the sample
 key rule, how a record's fields become the members of a webdataset sample (and back), how to find the
 format folders of OUT, how to read a manifest, how files are replaced atomically, where the local
-cache is, and how the members of plain webdataset tars (written by anyone) become a sample. The
-writer, the reader, ``validate`` and ``inspect`` all use these definitions, so the contract is typed once.
+cache is, how the members of plain webdataset tars (written by anyone) become a sample, and what the
+files for trainers beside our tars hold (timm's ``_info.json``, open_clip's ``sizes.json``,
+Megatron-Energon's ``.nv-meta/`` and ``<shard>.tar.idx``). The writer, the reader, ``validate`` and
+``inspect`` all use these definitions, so the contract is typed once.
 
 A leaf module: it imports nothing from vldata but ``errors`` and knows no dataset, no Record class
 and no pyarrow; a Record's member layout is derived from the Record by ``describe.schema``.
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -36,6 +39,15 @@ KEY_PATTERN = r"^[A-Za-z0-9_-]+$"
 _KEY_RE = re.compile(KEY_PATTERN)
 IMAGE_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # sniffed format -> member suffix
 IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS.values())
+# The primary image is always ``KEY.jpg``, whatever its format (kept as it came: JPEG, PNG or WebP,
+# never re-encoded; ``KEY.json`` records it as ``<primary>_info.format``). Why one suffix: a webdataset
+# folder's columns on the Hub (the viewer, ``datasets``) are its member suffixes, so a primary named
+# by its format becomes up to three image columns, each empty where the others are filled, and
+# ``datasets`` cannot even infer the features when the first samples differ; scripts written for
+# img2dataset output (``to_tuple("jpg", "txt")``) would drop every PNG. Every reader we target finds
+# the format in the bytes (Pillow, webdataset's decoders, ``datasets.Image``, timm, open_clip,
+# Energon, vldata). Other image fields are columns of their own and keep their format's suffix.
+PRIMARY_MEMBER = "jpg"
 MAX_SAMPLE_BYTES = 1 << 30  # one sample's members, read in one request: more is a broken index, not data
 
 
@@ -67,6 +79,66 @@ def member_index(tar: str) -> str:
 
 
 MEMBER_INDEX_FORMAT = "vldata-tar-index-1"
+
+
+# --------------------------------------------------------------------------------------------
+# Files for trainers, beside the tars of a webdataset folder: what timm, open_clip and
+# Megatron-Energon read instead of counting samples (or running ``energon prepare``) themselves
+
+TIMM_INFO = "_info.json"  # timm's ``wds/`` reader: splits.<split>.{name, num_samples, filenames, shard_lengths}
+OPEN_CLIP_SIZES = "sizes.json"  # open_clip's get_dataset_size: {tar basename: samples}
+ENERGON_DIR = ".nv-meta"  # Megatron-Energon's dataset folder, beside the tars
+ENERGON_INFO = f"{ENERGON_DIR}/.info.json"  # {"shard_counts": {tar: samples}}
+ENERGON_SPLIT = f"{ENERGON_DIR}/split.yaml"  # {"split_parts": {split: [tar, ...]}}
+ENERGON_DATASET = f"{ENERGON_DIR}/dataset.yaml"  # sample type and field map
+ENERGON_VAL_ALIAS = ("val", "validation")  # Energon's get_val_dataset reads split part "val"
+# A captioning sample: the primary image (``KEY.jpg``; png and webp too, as plain tars name them) and
+# the main text. Energon decodes the image by its bytes, whatever the suffix.
+ENERGON_DATASET_DOC = {"sample_type": {"__module__": "megatron.energon", "__class__": "CaptioningSample"},
+                       "field_map": {"image": "jpg,png,webp", "caption": "txt"}}
+TRAINER_DOCUMENTS = (TIMM_INFO, OPEN_CLIP_SIZES, ENERGON_INFO, ENERGON_SPLIT, ENERGON_DATASET)
+
+
+def sample_offsets(tar: str) -> str:
+    """Energon's index beside a tar (``<shard>.tar.idx``): the byte offset of each sample's first
+    header, then the offset where the archive's end blocks start, as little-endian uint64."""
+    return tar + ".idx"
+
+
+def encode_offsets(offsets: list[int]) -> bytes:
+    return struct.pack(f"<{len(offsets)}Q", *offsets)
+
+
+def decode_offsets(data: bytes) -> list[int] | None:
+    """The offsets of a ``.tar.idx`` file, or None when its length is not a whole number of uint64."""
+    if len(data) % 8:
+        return None
+    return list(struct.unpack(f"<{len(data) // 8}Q", data))
+
+
+def trainer_documents(name: str, version: str, splits: dict[str, list[tuple[str, int]]]) -> dict[str, Any]:
+    """The content of each of ``TRAINER_DOCUMENTS`` (JSON/YAML-ready objects) for a webdataset folder
+    whose ``splits`` are {split: [(tar path, samples), ...]} in shard order. Paths are relative to
+    the folder, which is what each client resolves them against (timm joins ``filenames`` to its
+    root; open_clip looks for ``sizes.json`` beside the first tar and keys it by basename; Energon
+    joins split parts and shard counts to the folder holding ``.nv-meta``). The writer writes these
+    and ``validate`` compares the files with them, so both follow one definition."""
+    shards = [(path, n) for tars in splits.values() for path, n in tars]
+    # Energon cannot open a tar without members (it has no header to read): a split with no samples
+    # keeps its empty tar in the counts but lists no part
+    parts = {split: [path for path, n in tars if n] for split, tars in splits.items()}
+    alias, source = ENERGON_VAL_ALIAS
+    if source in parts and alias not in parts:
+        parts[alias] = parts[source]
+    return {
+        TIMM_INFO: {"name": name, "version": version, "splits": {
+            split: {"name": split, "num_samples": sum(n for _, n in tars), "filenames": [p for p, _ in tars],
+                    "shard_lengths": [n for _, n in tars]} for split, tars in splits.items()}},
+        OPEN_CLIP_SIZES: {PurePosixPath(path).name: n for path, n in shards},
+        ENERGON_INFO: {"shard_counts": dict(shards)},
+        ENERGON_SPLIT: {"split_parts": parts},
+        ENERGON_DATASET: ENERGON_DATASET_DOC,
+    }
 
 
 def data_files(fmt: str, split: str) -> str:
@@ -167,6 +239,15 @@ def manifest_problems(manifest: Any) -> list[str]:
                 count(n, f"shard {sh.get('path')!r} row group size")
         if isinstance(info.get("values"), dict):
             path(info["values"].get("path"), "values")
+    files = manifest.get("trainer_files", [])
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        problems.append("'trainer_files' is not a list of files")
+    else:
+        for f in files:
+            path(f.get("path"), "trainer file")
+            count(f.get("num_bytes"), f"trainer file {f.get('path')!r} num_bytes")
+            if not isinstance(f.get("sha256"), str):
+                problems.append(f"trainer file {f.get('path')!r} has no sha256")
     if "plain" in manifest:
         problems += _plain_problems(manifest["plain"])
     tables = manifest.get("tables") or {}
@@ -292,11 +373,14 @@ def file_sha256(path: Path) -> str:
 class MemberLayout:
     """How a record's fields become the members of its webdataset sample, and back.
 
-    ``KEY.<ext>`` is the primary image (field ``primary``), ``KEY.<field>.<ext>`` another image field,
-    ``KEY.<field>_<i>.<ext>`` item i of a list of images, ``KEY.txt`` the main text,
-    ``KEY.<suffix>.txt`` an extra text member (``texts``: suffix -> field) and ``KEY.json`` every other
-    field. The writer builds it from the Record (``describe.schema.member_layout``); readers build it
-    from a manifest (``from_manifest``), which gives the same images and lists.
+    ``KEY.jpg`` is the primary image (field ``primary``, whatever its format: see ``PRIMARY_MEMBER``),
+    ``KEY.<field>.<ext>`` another image field, ``KEY.<field>_<i>.<ext>`` item i of a list of images,
+    ``KEY.txt`` the main text, ``KEY.<suffix>.txt`` an extra text member (``texts``: suffix -> field)
+    and ``KEY.json`` every other field. Every suffix is lower case: webdataset and open_clip lower-case
+    suffixes when they read and ``datasets`` does not, so a capital would name a member differently
+    in different readers (``describe.schema.member_layout`` refuses a Record that would write one). The
+    writer builds it from the Record; readers build it from a manifest (``from_manifest``), which
+    gives the same images and lists.
     """
 
     primary: str = "image"
@@ -319,8 +403,8 @@ class MemberLayout:
                 for i, (img, inf) in enumerate(zip(value, info)):
                     out[f"{name}_{i}.{IMAGE_EXTENSIONS[inf['format']]}"] = img["bytes"]
             else:
-                ext = IMAGE_EXTENSIONS[info["format"]]
-                out[ext if name == self.primary else f"{name}.{ext}"] = value["bytes"]
+                suffix = PRIMARY_MEMBER if name == self.primary else f"{name}.{IMAGE_EXTENSIONS[info['format']]}"
+                out[suffix] = value["bytes"]
         out["txt"] = row["text"].encode("utf-8")
         for suffix, name in self.texts:
             if row.get(name) is not None:

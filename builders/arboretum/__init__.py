@@ -14,7 +14,7 @@ since URL extensions and the ``.jpg`` names lie.
 
 One record per photo, keyed by ``photo_id``, with the ten arbor_process/BioCLIP text types
 (``texts.TEXT_TYPES``, exact templates of docs/RAW_FORMATS.md §5.2) as fields ``text_<type>``,
-written as the webdataset members ``KEY.<type>.txt`` (``KEY.com.txt``, ``KEY.taxonTag_com.txt``...) so BioCLIP and
+written as the webdataset members ``KEY.<type>.txt`` (``KEY.com.txt``, ``KEY.taxontag_com.txt``...) so BioCLIP and
 Arboretum training code reads the tars unchanged; ``text`` (``KEY.txt``) is the ``taxon`` text,
 the training default ``--text_type``. Deviations, only where arbor_process would print ``None``:
 without a common name ``com``/``common_name`` use the scientific name (BioCLIP's fallback) and the
@@ -43,7 +43,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field, create_model
 
-from vldata import Builder, Config, Failed, Filtered, Image, Partition, Pending, Record, RowContext, StructuralError
+from vldata import (Builder, Config, Failed, Filtered, Image, Origin, Partition, Pending, Record, RowContext,
+                    StructuralError)
 from vldata.ingest import loopback
 from vldata.ingest.image import too_large
 from vldata.ingest.rawfiles import raw_files
@@ -204,7 +205,8 @@ class ArboretumBuilder(Builder):
         """The row's outcome, or its download to wait for. Balancing comes first and needs only the
         scientific name (``sci``, read as ``partitions`` read it), so ``partitions`` can count the rows
         before each partition the same way."""
-        ref = f"{p['rel']}:{row_no}"
+        url = None if isinstance(row, Unreadable) else _text(row.get("photo_url"))
+        ref = Origin(p["rel"], row_no, url)
         photo_id = None if isinstance(row, Unreadable) else _photo_id(row.get("photo_id"))
         key = str(photo_id) if photo_id is not None else safe_key(f"{p['chunk']}_row{row_no}")
         if not isinstance(row, Unreadable) and not self._balancing():
@@ -221,7 +223,6 @@ class ArboretumBuilder(Builder):
             return Failed(key, "invalid_photo_id", f"photo_id {row.get('photo_id')!r} is not a positive integer", ref)
         if sci is None:
             return Failed(key, "missing_scientific_name", "scientificName is empty", ref)
-        url = _text(row.get("photo_url"))
         if url is None and self.config.images_dir is None:
             return Failed(key, "missing_url", "photo_url is empty", ref)
         ranks = {r: _text(row.get(r)) for r in RANKS}
@@ -236,13 +237,13 @@ class ArboretumBuilder(Builder):
             return self._record(key, ref, fields, ctx, self._local(photo_id, p["chunk"]))
         return Pending(FetchRequest(url), partial(self._record, key, ref, fields, ctx))
 
-    def _record(self, key: str, ref: str, fields: dict, ctx: RowContext, result: FetchResult) -> Record | Failed:
+    def _record(self, key: str, ref: Origin, fields: dict, ctx: RowContext, result: FetchResult) -> Record | Failed:
         if not result.ok:
             return Failed(key, result.reason, result.message, ref)
         img = ctx.image(result.data)
         if not isinstance(img, Image):
             return Failed(key, img.reason, f"{fields['photo_url'][:200]}: {img.message}", ref)
-        return ArboretumRecord(key=key, text=fields["text_taxon"], image=img, **fields)
+        return ctx.located(ArboretumRecord(key=key, text=fields["text_taxon"], image=img, **fields), ref)
 
     def _local(self, photo_id: int, chunk: str) -> FetchResult:
         """The photo from ``images_dir``, as a download's result."""

@@ -1,6 +1,7 @@
 """Arboretum's ten text types: the arbor_process / BioCLIP templates (docs/RAW_FORMATS.md §5.2),
 declared once in ``TEXT_TYPES`` and turned into a photo's texts (``texts``), the Record's
-``text_<type>`` fields (``FIELDS``) and the webdataset members ``KEY.<type>.txt`` (``MEMBERS``).
+``text_<type>`` fields (``FIELDS``) and the webdataset members ``KEY.<type>.txt`` (``MEMBERS``, with
+the type in lower case: ``KEY.taxontag.txt``).
 
 It must not read files, fetch, load images or build Records (the builder in ``__init__`` does), and
 does no sharding, retries or format code.
@@ -15,7 +16,7 @@ from pydantic import Field
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
 # The ten arbor_process gen_img_txt_pair / BioCLIP make_wds text types, declared once, in the order of
-# the Record's ``text_<type>`` fields: type -> (template, description of the member KEY.<type>.txt).
+# the Record's ``text_<type>`` fields: type -> (template, description of the text).
 # A template's fields: ``common`` (the common name, else the scientific name), ``sci`` (scientificName),
 # ``seq`` (the ranks present, space-separated), ``tags`` ("kingdom Animalia phylum ...") and
 # ``with_common`` (" with common name {common_name}." with a common name, else ".").
@@ -46,8 +47,10 @@ def texts(scientific_name: str, ranks: dict[str, str | None], common_name: str |
     return {name: template.format(**values) for name, (template, _) in TEXT_TYPES.items()}
 
 
-# the Record's text fields, in TEXT_TYPES order, and the KEY.<type>.txt member of each, named exactly
-# as arbor_process / BioCLIP write them
-FIELDS: dict[str, Any] = {f"text_{t}": (str, Field(description=f"KEY.{t}.txt: {d}"))
+# the Record's text fields, in TEXT_TYPES order, named by the type as arbor_process names it
+# (``text_taxonTag``), and the KEY.<type>.txt member of each with the type in lower case
+# (``taxontag.txt``): webdataset and open_clip lower-case member suffixes when they read and
+# ``datasets`` does not, so a capital in the tar would name the member differently in each
+FIELDS: dict[str, Any] = {f"text_{t}": (str, Field(description=f"KEY.{t.lower()}.txt: {d}"))
                           for t, (_, d) in TEXT_TYPES.items()}
-MEMBERS: dict[str, str] = {t: f"text_{t}" for t in TEXT_TYPES}
+MEMBERS: dict[str, str] = {t.lower(): f"text_{t}" for t in TEXT_TYPES}

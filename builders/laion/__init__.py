@@ -42,7 +42,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, field_validator
 
-from vldata import Builder, Config, Failed, Filtered, Image, Partition, Pending, Record, RowContext, StructuralError
+from vldata import (Builder, Config, Failed, Filtered, Image, Origin, Partition, Pending, Record, RowContext,
+                    StructuralError)
 from vldata.ingest import image as image_mod
 from vldata.ingest import img2dataset, loopback
 from vldata.ingest.rawfiles import raw_files
@@ -223,11 +224,12 @@ class LaionBuilder(Builder):
         p, cfg = partition.payload, self.config
         plans: list[Pending | Filtered] = []
         for row_no, row in rows.metadata_rows(p):
-            key, ref = _meta_key(p["file_index"], row_no), f"{p['rel']}:{row_no}"
+            key = _meta_key(p["file_index"], row_no)
             if isinstance(row, Unreadable):
-                plans.append(Failed(key, row.reason, row.message, ref))
+                plans.append(Failed(key, row.reason, row.message, Origin(p["rel"], row_no)))
                 continue
             values = columns.fields(row, p["cols"])
+            ref = Origin(p["rel"], row_no, values["url"] or None)
             dropped = columns.excluded(cfg, values, values["meta_width"], values["meta_height"])
             if dropped:
                 plans.append(Filtered(key, *dropped, ref))
@@ -241,14 +243,14 @@ class LaionBuilder(Builder):
             plans.append(Pending(FetchRequest(values["url"] or None, **sums), finish))
         yield from ctx.fetch_in_order(plans, cfg.fetch, cfg.mirror)
 
-    def _fetched(self, key: str, ref: str, row_no: int, values: dict, p: dict, ctx: RowContext,
+    def _fetched(self, key: str, ref: Origin, row_no: int, values: dict, p: dict, ctx: RowContext,
                  result: FetchResult) -> Record | Failed | Filtered:
         if not result.ok:
             return Failed(key, result.reason, result.message, ref)
         return self._record(key, ref, row_no, values, result.data, p, ctx, fetched_from=result.source,
                             http_status=result.status, final_url=result.final_url, download_sha256=result.sha256)
 
-    def _record(self, key: str, ref: str, row_no: int, values: dict, data: bytes, p: dict, ctx: RowContext,
+    def _record(self, key: str, ref: Origin, row_no: int, values: dict, data: bytes, p: dict, ctx: RowContext,
                 **fetch_fields: Any) -> Record | Failed | Filtered:
         original = fetch_fields.pop("original", None) or image_mod.dimensions(data) or (None, None)
         img = ctx.image(data)
@@ -262,10 +264,10 @@ class LaionBuilder(Builder):
             boxes = [(b["x_min"], b["y_min"], b["x_max"], b["y_max"]) for b in values["face_bboxes"]]
             img = image_mod.blur_boxes(img, boxes, self.config.image)
             blurred = True
-        return LaionRecord(key=key, text=values["caption"] or "", image=img, column_set=p["column_set"],
-                           source_file=p["rel"], source_row=row_no, original_width=original[0],
-                           original_height=original[1], faces_blurred=blurred,
-                           **{"exif": None, "download_sha256": None, **values, **fetch_fields})
+        return ctx.located(LaionRecord(key=key, text=values["caption"] or "", image=img, column_set=p["column_set"],
+                                       source_file=p["rel"], source_row=row_no, original_width=original[0],
+                                       original_height=original[1], faces_blurred=blurred,
+                                       **{"exif": None, "download_sha256": None, **values, **fetch_fields}), ref)
 
     def _img2dataset_records(self, partition: Partition, ctx: RowContext) -> Iterator[Record | Failed | Filtered]:
         """Readable rows in key order, then the unreadable ones; with ``keys`` (rerun) only those keys,
@@ -276,20 +278,22 @@ class LaionBuilder(Builder):
         with img2dataset.ShardImages(p["images"], column, self.config.fetch.max_bytes) as images:
             for row_no, row in readable:
                 if wanted is None or str(row["key"]) in wanted:
-                    yield self._img2dataset_row(str(row["key"]), f"{p['rel']}:{row_no}", row_no, row, images, p, ctx)
+                    yield self._img2dataset_row(str(row["key"]), row_no, row, images, p, ctx)
         if wanted is None:
             for row_no, bad in unreadable:
-                yield Failed(rows.unreadable_key(p["rel"], row_no), bad.reason, bad.message, f"{p['rel']}:{row_no}")
+                yield Failed(rows.unreadable_key(p["rel"], row_no), bad.reason, bad.message, Origin(p["rel"], row_no))
         else:
             for key in sorted(wanted - {str(row["key"]) for _, row in readable}):
-                yield Failed(key, "unreadable_row_group", f"{p['rel']}: the row of key {key} does not decode", p["rel"])
+                yield Failed(key, "unreadable_row_group", f"{p['rel']}: the row of key {key} does not decode",
+                             Origin(p["rel"]))
 
-    def _img2dataset_row(self, key: str, ref: str, row_no: int, row: dict, images: img2dataset.ShardImages,
+    def _img2dataset_row(self, key: str, row_no: int, row: dict, images: img2dataset.ShardImages,
                          p: dict, ctx: RowContext) -> Record | Failed | Filtered:
+        values = columns.fields(row, p["cols"])
+        ref = Origin(p["rel"], row_no, values["url"] or None)
         if not valid_key(key):
             return Failed(safe_key(key), "invalid_key",
                           f"img2dataset key {key!r} is not [A-Za-z0-9_-]", ref)
-        values = columns.fields(row, p["cols"])
         original = (columns.dim(row.get("original_width")), columns.dim(row.get("original_height")))
         dropped = columns.excluded(self.config, values, values["meta_width"] or original[0],
                                    values["meta_height"] or original[1])

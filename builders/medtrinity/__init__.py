@@ -50,6 +50,7 @@ from vldata import (
     Config,
     Failed,
     Image,
+    Origin,
     Partition,
     Record,
     RowContext,
@@ -100,14 +101,14 @@ def _text_or_none(v) -> str | None:
     return None if v is None else str(v)
 
 
-def _row_key(row: dict | Unreadable, ref: str) -> str:
+def _row_key(row: dict | Unreadable, ref: Origin) -> str:
     """The id when it is key-safe and not of the hashed form, else ``HASHED`` + 16 hex digits of sha1
     of the id (else of ``source|file_name``, else of the ref): the two never collide."""
     row = {} if isinstance(row, Unreadable) else row
     row_id, file_name = _text_or_none(row.get("id")), _text_or_none(row.get("file_name"))
     if row_id and valid_key(row_id) and not _HASHED.match(row_id):
         return row_id
-    basis = row_id if row_id else (f"{_text_or_none(row.get('source'))}|{file_name}" if file_name else ref)
+    basis = row_id if row_id else (f"{_text_or_none(row.get('source'))}|{file_name}" if file_name else str(ref))
     return HASHED + hashlib.sha1(basis.encode()).hexdigest()[:16]
 
 
@@ -204,7 +205,7 @@ class MedTrinityBuilder(Builder):
             return
         yield from self._shard(p, rows, ctx)
 
-    def _full_rows(self, p: dict) -> dict[tuple[int, int, int], tuple[dict | Unreadable, str, str]]:
+    def _full_rows(self, p: dict) -> dict[tuple[int, int, int], tuple[dict | Unreadable, Origin, str]]:
         """The partition's metadata rows: {(file, row group, row): (row, ref, key)}."""
         return {loc: (row, ref, _row_key(row, ref)) for loc, row, ref in rows_at(p["files"], p["rels"], p["rows"])}
 
@@ -234,12 +235,12 @@ class MedTrinityBuilder(Builder):
         meta = pq.ParquetFile(p["file"]).metadata
         offset = sum(meta.row_group(i).num_rows for i in range(p["row_group"]))
         for ri, row in row_group_rows(p["file"], p["row_group"]):
-            ref = f"{p['rel']}:{offset + ri}"
+            ref = Origin(p["rel"], offset + ri)
             image = None if isinstance(row, Unreadable) else row.get("image")
             data = image.get("bytes") if isinstance(image, dict) else None
             yield self._record((row, ref, _row_key(row, ref)), data, ctx)
 
-    def _record(self, entry: tuple[dict | Unreadable, str, str], data: bytes | Unreadable | None, ctx: RowContext,
+    def _record(self, entry: tuple[dict | Unreadable, Origin, str], data: bytes | Unreadable | None, ctx: RowContext,
                 shard: str | None = None, member: str | None = None) -> Record | Failed:
         """A 25M_full row with its shard member's bytes, or a 25M_demo row (no shard) with its image."""
         row, ref, key = entry
@@ -258,12 +259,12 @@ class MedTrinityBuilder(Builder):
             return Failed(key, img.reason, f"{shard}:{member}: {img.message}" if shard else img.message, ref)
         full = shard is not None
         source = _text_or_none(row.get("source")) if full else None
-        return MedTrinityRecord(
+        return ctx.located(MedTrinityRecord(
             key=key, text=caption, subset=FULL if full else DEMO, id=_text_or_none(row.get("id")),
             file_name=_text_or_none(row.get("file_name")) if full else None, source=source, image=img,
             image_mode=_mode(data), image_shard=shard, image_member=member, roi_bbox=None, roi_mask=None,
             license=self.config.source_licenses.get(source or "", self.config.license) if full else self.config.license,
-            raw=raw_json(row))
+            raw=raw_json(row)), ref)
 
     def write_sample(self, raw: Path, n: int, seed: int) -> None:
         from .sample import write_sample

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vldata import StructuralError
+from vldata import Origin, StructuralError
 from vldata.ingest.parquet_rows import Unreadable, open_parquet, read_rows
 
 __all__ = ["Unreadable", "check_columns", "raw_json", "row_group_rows", "rows_at"]
@@ -55,8 +55,8 @@ def row_group_rows(path: Path, rg: int, columns: list[str] | None = None,
 
 
 def rows_at(files: list[str], rels: list[str],
-            locs: list) -> Iterator[tuple[tuple[int, int, int], dict | Unreadable, str]]:
-    """((file, row group, row), row or Unreadable, ref ``rel:row``) of the rows at ``locs`` (tuples
+            locs: list) -> Iterator[tuple[tuple[int, int, int], dict | Unreadable, Origin]]:
+    """((file, row group, row), row or Unreadable, its ``Origin``) of the rows at ``locs`` (tuples
     ending in file, row group, row), read row group by row group."""
     wanted: dict[tuple[int, int], set[int]] = {}
     for loc in locs:
@@ -66,4 +66,4 @@ def rows_at(files: list[str], rels: list[str],
         meta = pq.ParquetFile(files[fi]).metadata
         offset = sum(meta.row_group(i).num_rows for i in range(rg))
         for ri, row in row_group_rows(files[fi], rg, wanted=indices):
-            yield (fi, rg, ri), row, f"{rels[fi]}:{offset + ri}"
+            yield (fi, rg, ri), row, Origin(rels[fi], offset + ri)

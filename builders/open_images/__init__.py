@@ -72,7 +72,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from vldata import Builder, Config, Failed, Image, Partition, Record, RowContext
+from vldata import Builder, Config, Failed, Image, Origin, Partition, Record, RowContext
 from vldata.layout import valid_key
 
 from .annotations import (
@@ -98,6 +98,7 @@ from .files import (
     input_files,
     is_image_id,
     read_bucket,
+    ref_location,
     spill,
     with_images,
 )
@@ -217,37 +218,38 @@ class OpenImagesBuilder(Builder):
     def _record(self, ref, row, split, ann, classes, attributes, data, source, zips, ctx):
         image_id = row["ImageID"].strip()
         key = image_id if valid_key(image_id) else hashlib.sha1((image_id or ref).encode()).hexdigest()[:16]
+        origin = Origin(*ref_location(ref), opt_str(row.get("OriginalURL")))
         if row.get("__bad"):  # unreadable bytes, or no known split (files._info_row)
-            return Failed(key, row["__bad"][0], row["__bad"][1], ref)
+            return Failed(key, row["__bad"][0], row["__bad"][1], origin)
         if not is_image_id(image_id):
-            return Failed(key, "bad_image_id", f"ImageID {image_id!r} is not 16 lowercase hex characters", ref)
+            return Failed(key, "bad_image_id", f"ImageID {image_id!r} is not 16 lowercase hex characters", origin)
         if not row.pop("__ncols", True):
-            return Failed(key, "malformed_row", "wrong number of columns", ref)
+            return Failed(key, "malformed_row", "wrong number of columns", origin)
         try:
             rotation = opt_float(row.get("Rotation"))
             if rotation is not None and rotation not in (0.0, 90.0, 180.0, 270.0):
                 raise ValueError(row.get("Rotation"))
         except ValueError:
-            return Failed(key, "bad_rotation", f"Rotation {row.get('Rotation')!r}", ref)
+            return Failed(key, "bad_rotation", f"Rotation {row.get('Rotation')!r}", origin)
         try:
             size = opt_int(row.get("OriginalSize"), 64)
         except ValueError:
-            return Failed(key, "malformed_row", f"OriginalSize {row.get('OriginalSize')!r}", ref)
+            return Failed(key, "malformed_row", f"OriginalSize {row.get('OriginalSize')!r}", origin)
         if isinstance(data, BadRow):
-            return Failed(key, data.reason, data.message, ref)
+            return Failed(key, data.reason, data.message, origin)
         img = ctx.image(data, f"{image_id}.jpg in no {split} folder or tarball")
         if not isinstance(img, Image):
-            return Failed(key, img.reason, img.message, ref)
+            return Failed(key, img.reason, img.message, origin)
         fields = annotations(ann, classes, attributes, zips, ctx)
         text, template = _text(fields["labels_human"], fields["labels_machine"], fields["boxes"])
-        return OpenImagesRecord(
+        return ctx.located(OpenImagesRecord(
             key=key, text=text, text_template=template, image_id=image_id, split=split,
             original_url=opt_str(row.get("OriginalURL")), original_landing_url=opt_str(row.get("OriginalLandingURL")),
             license=opt_str(row.get("License")), author=opt_str(row.get("Author")),
             author_profile_url=opt_str(row.get("AuthorProfileURL")), title=opt_str(row.get("Title")),
             original_size=size, original_md5_b64=opt_str(row.get("OriginalMD5")),
             thumbnail_300k_url=opt_str(row.get("Thumbnail300KURL")), rotation=rotation, image=img,
-            image_source=source, **fields)
+            image_source=source, **fields), origin)
 
     def write_sample(self, raw: Path, n: int, seed: int) -> None:
         from .sample import write_sample

@@ -338,7 +338,8 @@ def image_sources(raw: Path) -> dict[str, dict]:
     return out
 
 
-def _ref_order(ref: str) -> tuple[str, int]:
+def ref_location(ref: str) -> tuple[str, int]:
+    """(file, line) of a spilled ref ``file:line``."""
     path, _, line = ref.rpartition(":")
     return path, int(line)
 
@@ -380,7 +381,7 @@ def with_images(infos: list[tuple[str, dict]], folder: Path | None, tars: list[s
         except ContainerBroken as e:
             note(f"tarball_truncated:{Path(t).name}")
             broken = BadRow("tarball_truncated", f"{e}; the image may lie past the break")
-    for ref, row in sorted((rr for rows in pending.values() for rr in rows), key=lambda rr: _ref_order(rr[0])):
+    for ref, row in sorted((rr for rows in pending.values() for rr in rows), key=lambda rr: ref_location(rr[0])):
         yield ref, row, broken, None
 
 

@@ -35,7 +35,7 @@ from typing import Annotated, Literal, NamedTuple
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from vldata import Builder, Config, Failed, Image, Partition, Record, RowContext, StructuralError
+from vldata import Builder, Config, Failed, Image, Origin, Partition, Record, RowContext, StructuralError
 from vldata.ingest import image as image_mod
 from vldata.ingest.tabular import BadRow
 from vldata.layout import safe_key, valid_key
@@ -175,7 +175,7 @@ class ScinBuilder(Builder):
             yield outcome
         for n in range(yielded, partition.input_rows):  # only if the file changed or broke since partitions()
             yield Failed(f"partition{partition.index:05d}_row{n:09d}", "file_changed",
-                         f"{CASES} ended before the rows counted when the build started", CASES)
+                         f"{CASES} ended before the rows counted when the build started", Origin(CASES))
 
     def _records(self, partition: Partition, ctx: RowContext) -> Iterator[Record | Failed]:
         chunk = partition.payload
@@ -183,7 +183,7 @@ class ScinBuilder(Builder):
         cases, labels = open_csvs(root)
         with open(root / CASES, "rb") as fc, open(root / LABELS, "rb") as fl:
             for line, case in cases.read_at(fc, chunk["offset"], chunk["line"], chunk["n"]):
-                ref = f"{CASES}:{line}"
+                ref = Origin(CASES, line)
                 if isinstance(case, BadRow):
                     yield Failed(f"scin_cases_line{line:09d}", case.reason, case.message, ref)
                     continue
@@ -214,9 +214,10 @@ class ScinBuilder(Builder):
                     if not isinstance(img, Image):
                         yield Failed(key, img.reason, f"{path[:200]}: {img.message}", ref)
                         continue
-                    yield ScinImage(**{**fields, "key": key}, image=img, image_index=index, shot_type=shot)
+                    yield ctx.located(ScinImage(**{**fields, "key": key}, image=img, image_index=index, shot_type=shot),
+                                      ref)
 
-    def _case(self, fields: dict, refs: list, root: Path, ctx: RowContext, ref: str) -> Record | Failed:
+    def _case(self, fields: dict, refs: list, root: Path, ctx: RowContext, ref: Origin) -> Record | Failed:
         if not refs or refs[0][0] != 1:
             return Failed(fields["key"], "image_missing", "image_1_path is blank", ref)
         loaded, entries = {}, []
@@ -230,7 +231,8 @@ class ScinBuilder(Builder):
             loaded[index] = img if ok else None
             entries.append({"index": index, "path": path, "shot_type": shot, "missing": not ok,
                             "problem": None if ok else img.reason})
-        return ScinCase(**fields, image=loaded[1], image_2=loaded.get(2), image_3=loaded.get(3), images=entries)
+        return ctx.located(ScinCase(**fields, image=loaded[1], image_2=loaded.get(2), image_3=loaded.get(3),
+                                    images=entries), ref)
 
     def write_sample(self, raw: Path, n: int, seed: int) -> None:
         from .sample import write_sample

@@ -58,7 +58,8 @@ from typing import Annotated, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from vldata import Builder, Config, Failed, Filtered, Image, Partition, Pending, Record, RowContext, StructuralError
+from vldata import (Builder, Config, Failed, Filtered, Image, Origin, Partition, Pending, Record, RowContext,
+                    StructuralError)
 from vldata.ingest import loopback
 from vldata.ingest.rawfiles import raw_files
 from vldata.ingest.fetch import FetchPolicy, FetchRequest, FetchResult
@@ -199,7 +200,7 @@ class WitBuilder(Builder):
             rows = columns.rows(f, p["offset"])
             for i, (_, _, values, problem) in enumerate(islice(rows, partition.input_rows)):
                 row_no = p["first_row"] + i
-                key, ref = f"{p['split']}_{p['part']}_{row_no:09d}", f"{p['rel']}:{row_no}"
+                key, ref = f"{p['split']}_{p['part']}_{row_no:09d}", Origin(p["rel"], row_no)
                 if problem:
                     plans.append(Failed(key, problem.reason, problem.message, ref))
                     continue
@@ -208,6 +209,7 @@ class WitBuilder(Builder):
                 except columns.RowError as e:
                     plans.append(Failed(key, e.reason, e.message, ref))
                     continue
+                ref = Origin(p["rel"], row_no, row["image_url"] or None)
                 if row["mime_type"] in cfg.skip_mime_types:
                     plans.append(Filtered(key, "skip_mime_types", f"{row['mime_type']} is not rasterised: "
                                           f"{row['image_url'][:200]}", ref))
@@ -218,20 +220,20 @@ class WitBuilder(Builder):
             row_no = p["first_row"] + i
             reason, why = (rows.damage.reason, rows.damage.message) if rows.damage else ("file_changed", "file ended")
             plans.append(Failed(f"{p['split']}_{p['part']}_{row_no:09d}", reason,
-                                f"{p['rel']}: {why} before this row", f"{p['rel']}:{row_no}"))
+                                f"{p['rel']}: {why} before this row", Origin(p["rel"], row_no)))
         yield from ctx.fetch_in_order(plans, cfg.fetch, cfg.mirror)  # a URL used by several rows: one download
 
-    def _record(self, key: str, ref: str, row_no: int, row: dict, p: dict, ctx: RowContext,
+    def _record(self, key: str, ref: Origin, row_no: int, row: dict, p: dict, ctx: RowContext,
                 result: FetchResult) -> Record | Failed:
         if not result.ok:
             return Failed(key, result.reason, result.message, ref)
         img = ctx.image(result.data)
         if not isinstance(img, Image):
             return Failed(key, img.reason, f"{row['image_url'][:200]}: {img.message}", ref)
-        return WitRecord(key=key, image=img, split=p["split"], license=None, source_file=p["rel"],
-                         source_row=row_no, fetched_from=result.source,
-                         http_status=result.status if result.source == "http" else None,
-                         final_url=result.final_url if result.source == "http" else None, **row)
+        return ctx.located(WitRecord(key=key, image=img, split=p["split"], license=None, source_file=p["rel"],
+                                     source_row=row_no, fetched_from=result.source,
+                                     http_status=result.status if result.source == "http" else None,
+                                     final_url=result.final_url if result.source == "http" else None, **row), ref)
 
     def write_sample(self, raw: Path, n: int, seed: int) -> None:
         from .sample import write_sample

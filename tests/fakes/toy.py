@@ -80,7 +80,7 @@ def write_parquet(folder: Path, *, hf_metadata: bool = True) -> dict[str, list[d
 
 
 def write_webdataset(folder: Path) -> dict[str, list[dict]]:
-    """``folder/{split}-000000.tar`` with KEY.png, KEY.txt and KEY.json members."""
+    """``folder/{split}-000000.tar`` with KEY.jpg (the primary image, a PNG), KEY.txt and KEY.json members."""
     folder.mkdir(parents=True, exist_ok=True)
     shards = {}
     for split in SPLITS:

@@ -379,9 +379,20 @@ def _loading(fmt: str, data_files: dict[str, str]) -> list[str]:
              'ds = datasets.load_dataset("path/to/this/folder")  # or the Hub repository id', "```", ""]
     if fmt == "webdataset":
         first = next(iter(data_files.values()), "train-*.tar")
+        split = next(iter(data_files), "train")
         lines += [f"The shards are plain tar files (`{first}`) readable by `webdataset`: each sample has one "
-                  "primary image member `KEY.<ext>`, `KEY.txt` (the sample's main text) and `KEY.json` "
-                  "(every other field; images appear as their format, size and sha256).", ""]
+                  "primary image member `KEY.jpg`, `KEY.txt` (the sample's main text) and `KEY.json` "
+                  "(every other field; images appear as their format, size and sha256). The primary image "
+                  "is stored as it came (JPEG, PNG or WebP, never re-encoded) and always named `KEY.jpg`, so "
+                  "that it is one image column here and one key for every training script; decoders read "
+                  "its format from the bytes, and `KEY.json` records it. Other images keep their format's "
+                  "extension. Member suffixes are lower case.", "",
+                  "Beside the tars are the files trainers read instead of counting samples: "
+                  f"`_info.json` for timm (`create_dataset(\"wds/NAME\", root=FOLDER, split=\"{split}\", "
+                  "target_key=\"FIELD\")`, the target an integer field of `KEY.json`: there is no `KEY.cls`), "
+                  "`sizes.json` for open_clip (no `--train-num-samples` needed), and `.nv-meta/` with one "
+                  "`<shard>.tar.idx` per tar for Megatron-Energon (`get_train_dataset(FOLDER, ...)` with no "
+                  "`energon prepare`; a captioning sample of the primary image and `KEY.txt`).", ""]
     return lines
 
 
@@ -459,6 +470,10 @@ def _accounting(stats: dict, config: Mapping[str, Any] | BaseModel) -> list[str]
                   + " + ".join(f"{int(total.get(k, 0)):,} {k}" for k in OUTCOMES), ""]
     options = _flatten(config.model_dump(mode="json", exclude_defaults=True)
                        if isinstance(config, BaseModel) else dict(config))
+    if "shuffle_seed" in stats:  # the order of the samples in the shards (vldata build --shuffle)
+        seed = stats["shuffle_seed"]
+        lines += [f"**Sample order:** a seeded random permutation of each split's rows (shuffle seed `{seed}`), "
+                  "the same in every format." if seed is not None else "**Sample order:** input order.", ""]
     lines += ["### Filters and options that ran", ""]
     if options:
         lines += _table(["option", "value"], [[f"`{k}`", f"`{v}`"] for k, v in sorted(options.items())])

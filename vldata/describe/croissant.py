@@ -188,7 +188,7 @@ def _webdataset_layout(record_type: type[schema.Record], tars: list[str]) -> tup
                 ["application/json"], ["*.json"]),
         members("text-members", "KEY.txt (the sample's main text) and any extra KEY.<name>.txt.",
                 ["text/plain"], ["*.txt"]),
-        members("image-members", "KEY.<ext> (the primary image) and KEY.<field>.<ext> (other images).",
+        members("image-members", "KEY.jpg (the primary image, bytes as stored whatever their format) and KEY.<field>.<ext> (other images).",
                 [f"image/{f}" for f in IMAGE_EXTENSIONS], list(_IMAGE_GLOBS)),
     ]
 
@@ -217,7 +217,7 @@ def _webdataset_layout(record_type: type[schema.Record], tars: list[str]) -> tup
                                                   layout="json")]}
     texts = member_set("texts", "text-members", "sc:Text", "Text members; `KEY.txt` is the sample's main text.")
     images = member_set("images", "image-members", "sc:ImageObject",
-                        f"Image members; `KEY.<ext>` is the primary image `{record_type.primary_image}`.")
+                        f"Image members; `KEY.jpg` is the primary image `{record_type.primary_image}`.")
     return file_sets, [samples, texts, images]
 
 

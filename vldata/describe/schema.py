@@ -46,14 +46,16 @@ class Image(BaseModel):
 class Record(BaseModel):
     """Base of every builder's output record: a webdataset-safe ``key`` and the main ``text``.
 
-    Subclasses add their fields; the image field named by ``primary_image`` becomes ``KEY.<ext>`` in
-    webdataset and is the image column HF viewers show first.
+    Subclasses add their fields; the image field named by ``primary_image`` becomes ``KEY.jpg`` in
+    webdataset (whatever its format; see ``layout.PRIMARY_MEMBER``) and is the image column HF
+    viewers show first.
     """
 
     model_config = ConfigDict(extra="forbid")
     primary_image: ClassVar[str] = "image"
     # extra webdataset text members: {member suffix: field}, written as KEY.<suffix>.txt (e.g. the
-    # text types of taxonomic datasets, KEY.sci.txt, KEY.com.txt); the fields stay in KEY.json as well
+    # text types of taxonomic datasets, KEY.sci.txt, KEY.com.txt); suffixes are lower case (readers
+    # lower-case them), field names need not be; the fields stay in KEY.json as well
     text_members: ClassVar[dict[str, str]] = {}
 
     key: str = Field(pattern=KEY_PATTERN, description="Unique, deterministic sample key ([A-Za-z0-9_-]).")
@@ -304,10 +306,15 @@ def _member_layout_cached(model: type[Record]) -> MemberLayout:
         node = next((n for n in nodes if n.name == field_name), None)
         if node is None or node.kind != "scalar" or node.dtype != "string":
             raise TypeError(f"{model.__name__}.text_members: {field_name!r} is not a string field")
-        if not valid_key(suffix) or suffix == "txt":
-            raise TypeError(f"{model.__name__}.text_members: bad member suffix {suffix!r}")
+        if not valid_key(suffix) or suffix == "txt" or suffix != suffix.lower():
+            raise TypeError(f"{model.__name__}.text_members: bad member suffix {suffix!r} "
+                            "([a-z0-9_-], lower case, not 'txt')")
     images = tuple(n.name for n in nodes if _is_image_like(n))
     lists = tuple(n.name for n in nodes if n.kind == "list" and n.item.kind == "image")
+    for name in images:  # the primary is KEY.jpg; the others are named by their field
+        if name != model.primary_image and name != name.lower():
+            raise TypeError(f"{model.__name__}.{name}: an image field's name is a webdataset member suffix "
+                            "and must be lower case")
     return MemberLayout(model.primary_image, images, lists, tuple(model.text_members.items()))
 
 
@@ -351,7 +358,9 @@ def _json_node(n: Node) -> Node:
 
 def wds_features(model: type[Record], image_suffixes: list[str]):
     """HF features of a webdataset folder: one image column per image member suffix actually
-    written (e.g. ``png``, ``image_2.png``), ``txt`` and ``json``."""
+    written (``jpg`` for the primary image whatever its format, then e.g. ``image_2.png``), ``txt``,
+    the extra text members and ``json``. Member suffixes are lower case (``layout.MemberLayout``);
+    the field names inside ``json`` are the Record's, as in parquet."""
     import datasets
 
     feats = {"__key__": datasets.Value("string"), "__url__": datasets.Value("string")}

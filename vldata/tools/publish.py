@@ -3,10 +3,12 @@
 ``plan_publish`` turns OUT (or one format folder) into a ``PublishPlan``: one dataset repo per format
 (``ORG/NAME`` for parquet, ``ORG/NAME-wds`` for webdataset, since one Hub repo cannot hold both
 configs), the exact files the manifest references plus the card, Croissant and manifest, and the
-commits that will carry them. It checks everything it can before any network call: the manifest,
-every shard's presence and size, and the Hub's limits. ``publish`` then creates the repos and makes
-the commits through ``huggingface_hub`` only, shards first and the three metadata files last, so a
-repo looks complete only once everything is there (the manifest is the commit point). Re-running
+commits that will carry them (a tar with its member index and Energon's ``.tar.idx``; timm's,
+open_clip's and Energon's files, which count all the tars, after the last tar). It checks everything
+it can before any network call: the manifest, every shard's presence and size, and the Hub's
+limits. ``publish`` then creates the repos and makes the commits through ``huggingface_hub`` only,
+shards first and the three metadata files last, so a repo looks complete only once everything is
+there (the manifest is the commit point). Re-running
 after an interruption resumes: the Hub skips files it already has. The token is handed to
 ``HfApi`` untouched and never printed or logged. Nothing here builds, validates content, or hashes
 shards (``vldata validate`` does that).
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from vldata.errors import StructuralError
-from vldata.layout import CARD_FILES, FORMATS, MANIFEST, format_folders, inside, read_manifest
+from vldata.layout import CARD_FILES, FORMATS, MANIFEST, format_folders, inside, read_manifest, sample_offsets
 from vldata.tools.inspect import human_size
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ METADATA_FILES = (*CARD_FILES, MANIFEST)
 SHARD_SIZE_OPTION = {"parquet": "--parquet-shard-size", "webdataset": "--tar-shard-size"}
 # Files of an earlier build that the loaders' globs would still pick up if left in the repo.
 STALE_PATTERNS = {"parquet": ("data/*.parquet", "values/*.parquet", "tables/*.parquet"),
-                  "webdataset": ("*.tar", "*.idx.json", "values/*.parquet", "tables/*.parquet")}
+                  "webdataset": ("*.tar", "*.idx.json", "*.tar.idx", "values/*.parquet", "tables/*.parquet")}
 # Hub limits (https://huggingface.co/docs/hub/repositories-recommendations): entries per folder is
 # a hard limit of the Hub's tree listing; 50 GB is the largest file it accepts; commits of more
 # than ~100 files risk server-side timeouts.
@@ -60,7 +62,7 @@ class RepoPlan:
     repo_id: str
     format: str
     folder: Path
-    files: list[PlannedFile]  # upload order: shards (each with its index) and values, then metadata
+    files: list[PlannedFile]  # upload order: shards (each with its indexes), values, trainers' files, metadata
     commits: list[PlannedCommit]  # the last one carries README.md, croissant.json, vldata.json
     ignored: list[str] = field(default_factory=list)  # files in the folder the manifest does not reference
 
@@ -168,8 +170,15 @@ def _local_file(folder: Path, rel: str) -> Path:
     return file
 
 
+def _planned(folder: Path, rel: str) -> PlannedFile:
+    return PlannedFile(rel, _local_file(folder, rel).stat().st_size)
+
+
 def _referenced_groups(folder: Path, manifest: dict) -> list[list[PlannedFile]]:
-    """Files the manifest references, grouped so a shard and its member index share a commit."""
+    """Files the manifest references, grouped so a shard and its indexes share a commit, and then
+    the trainers' files that describe all the shards (``_info.json``, ``sizes.json``, ``.nv-meta/``),
+    one group each after every shard: a trainer must not find them before the shards they count."""
+    trainer = [f["path"] for f in manifest.get("trainer_files", [])]
     groups: list[list[PlannedFile]] = []
     for split, info in manifest.get("splits", {}).items():
         for shard in info.get("shards", []):
@@ -180,14 +189,17 @@ def _referenced_groups(folder: Path, manifest: dict) -> list[list[PlannedFile]]:
                                       f"(altered or truncated; rebuild split {split!r})")
             group = [PlannedFile(shard["path"], size)]
             if shard.get("index"):
-                group.append(PlannedFile(shard["index"], _local_file(folder, shard["index"]).stat().st_size))
+                group.append(_planned(folder, shard["index"]))
+            if sample_offsets(shard["path"]) in trainer:
+                group.append(_planned(folder, sample_offsets(shard["path"])))
             groups.append(group)
         if info.get("values"):
             rel = info["values"]["path"]
             groups.append([PlannedFile(rel, _local_file(folder, rel).stat().st_size)])
     for table in manifest.get("tables", {}).values():  # the builder's side tables (class lists, ...)
         groups.append([PlannedFile(table["path"], _local_file(folder, table["path"]).stat().st_size)])
-    return groups
+    grouped = {f.path for group in groups for f in group}
+    return groups + [[_planned(folder, rel)] for rel in trainer if rel not in grouped]
 
 
 def _commits(fmt: str, groups: list[list[PlannedFile]], metadata: list[PlannedFile],
@@ -210,7 +222,7 @@ def plan_repo(folder: Path, repo_id: str, fmt: str, files_per_commit: int = FILE
     if manifest.get("format") != fmt:
         raise StructuralError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {fmt!r}")
     groups = _referenced_groups(folder, manifest)
-    metadata = [PlannedFile(name, _local_file(folder, name).stat().st_size) for name in METADATA_FILES]
+    metadata = [_planned(folder, name) for name in METADATA_FILES]
     files = [f for group in groups for f in group] + metadata
     duplicates = [p for p, n in Counter(f.path for f in files).items() if n > 1]
     if duplicates:

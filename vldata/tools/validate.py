@@ -3,8 +3,11 @@
 Checks, per format folder: the manifest parses; every shard it lists exists with the recorded size
 and sha256; every shard reads to the end (a truncated tar or parquet names itself) with the recorded
 number of samples, valid unique keys and, for parquet, the declared schema; every webdataset sample
-has its primary image, ``.txt`` and ``.json``; README.md carries a YAML header; croissant.json
-validates; and the build's accounting (``build/stats.json``) balances and matches the manifest.
+has its primary image, ``.txt`` and ``.json``; the files for trainers beside the tars (timm's
+``_info.json``, open_clip's ``sizes.json``, Energon's ``.nv-meta/`` and ``<shard>.tar.idx``) are listed
+in the manifest, match their recorded size and sha256 and agree with the tars (counts, file names,
+sample offsets); README.md carries a YAML header; croissant.json validates; and the build's
+accounting (``build/stats.json``) balances and matches the manifest.
 It only reads, from a local folder or any fsspec URL (a build uploaded to s3://, served over http).
 """
 
@@ -21,8 +24,9 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from vldata.errors import ShardError, one_line
-from vldata.layout import (MANIFEST, MemberLayout, escapes, format_folders, manifest_problems, read_checked_manifest,
-                           read_manifest, stats_file, stream_sha256, tar_samples, valid_key)
+from vldata.layout import (MANIFEST, TRAINER_DOCUMENTS, MemberLayout, decode_offsets, escapes, format_folders,
+                           manifest_problems, read_checked_manifest, read_manifest, sample_offsets, stats_file,
+                           stream_sha256, tar_samples, trainer_documents, valid_key)
 
 
 class Location:
@@ -104,6 +108,7 @@ def _validate_folder(folder: Location) -> list[str]:
         return [f"{folder / MANIFEST}: {p}" for p in unsound]
     problems: list[str] = []
     seen_keys: set[str] = set()
+    offsets: dict[str, list[int]] = {}  # tar path -> sample offsets read from the tar
     for split, info in manifest["splits"].items():
         for shard in info["shards"]:
             file = folder / shard["path"]
@@ -123,7 +128,10 @@ def _validate_folder(folder: Location) -> list[str]:
                 if index is not None and _escapes(folder, index):
                     problems.append(_escapes(folder, index))
                     continue
-                problems += _read_tar(file, shard["num_samples"], seen_keys, manifest, index)
+                problems += _read_tar(file, shard["num_samples"], seen_keys, manifest, index,
+                                      offsets.setdefault(shard["path"], []))
+    if manifest["format"] == "webdataset":
+        problems += _validate_trainer_files(folder, manifest, offsets)
     for name, table in manifest.get("tables", {}).items():
         file = folder / table["path"]
         if _escapes(folder, file):
@@ -168,14 +176,19 @@ def _read_parquet(file: Location, expected: int, seen: set[str], manifest: dict)
     return problems
 
 
-def _read_tar(file: Location, expected: int, seen: set[str], manifest: dict, index: Location | None) -> list[str]:
+def _read_tar(file: Location, expected: int, seen: set[str], manifest: dict, index: Location | None,
+              offsets: list[int]) -> list[str]:
+    """Problems of one tar; fills ``offsets`` with where each sample's first header starts and then
+    where the end blocks start (what Energon's ``.tar.idx`` records), when the tar reads to its end."""
     located: list[list] = []  # [key, [[suffix, data offset, size], ...]], as the member index records it
+    starts: list[int] = []
     problems: list[str] = []
     try:
         layout = MemberLayout.from_manifest(manifest)
         with file.open() as f, tarfile.open(fileobj=f, mode="r:") as tar:  # plain tar only, never decompressed
             for key, members in tar_samples(tar):
                 located.append([key, [[suffix, m.offset_data, m.size] for suffix, m in members]])
+                starts.append(members[0][1].offset)
                 for _, m in members:
                     _read_through(tar.extractfile(m))  # every member must read to its end
                 suffixes = [suffix for suffix, _ in members]
@@ -185,6 +198,7 @@ def _read_tar(file: Location, expected: int, seen: set[str], manifest: dict, ind
                 wrong = layout.unexpected(suffixes)
                 if wrong:
                     problems.append(f"{file}: sample {key} has {', '.join(wrong)}")
+            offsets.extend([*starts, tar.offset])
     except (tarfile.TarError, OSError, EOFError) as e:
         return [f"{file}: unreadable tar ({one_line(e)})"]
     order = [key for key, _ in located]
@@ -203,6 +217,54 @@ def _read_tar(file: Location, expected: int, seen: set[str], manifest: dict, ind
         if not isinstance(recorded, dict) or recorded.get("samples") != located:
             problems.append(f"{index}: member index does not match {file.name}")
     return problems
+
+
+def _validate_trainer_files(folder: Location, manifest: dict, offsets: dict[str, list[int]]) -> list[str]:
+    """The files timm, open_clip and Energon read beside the tars: each one listed in the manifest,
+    present with its size and sha256, and saying what the tars say (a file altered together with its
+    sha256 in the manifest is still caught here)."""
+    if "trainer_files" not in manifest:
+        return [f"{folder / MANIFEST}: lists no trainer files ({', '.join(TRAINER_DOCUMENTS)}, *.tar.idx); "
+                "rebuild with this version"]
+    tars = {split: [(sh["path"], sh["num_samples"]) for sh in info["shards"]]
+            for split, info in manifest["splits"].items()}
+    documents = trainer_documents(manifest["builder"], manifest["version"], tars)
+    indexes = {sample_offsets(path): path for shards in tars.values() for path, _ in shards}
+    listed = {f["path"]: f for f in manifest["trainer_files"]}
+    problems = [f"{folder / rel}: not listed in the manifest's trainer_files"
+                for rel in [*indexes, *documents] if rel not in listed]
+    for rel, entry in listed.items():
+        file = folder / rel
+        escape = _escapes(folder, file)
+        if escape or not file.exists():
+            problems.append(escape or f"{file}: listed in the manifest but missing")
+            continue
+        if file.size() != entry["num_bytes"]:
+            problems.append(f"{file}: {file.size()} bytes, manifest says {entry['num_bytes']} (truncated or altered)")
+        if file.sha256() != entry["sha256"]:
+            problems.append(f"{file}: sha256 differs from the manifest (altered)")
+        with file.open() as f:
+            data = f.read()
+        if rel in documents:
+            if _parsed(rel, data) != documents[rel]:
+                problems.append(f"{file}: does not match the tars' names and sample counts")
+        elif rel in indexes:
+            read = offsets.get(indexes[rel])
+            if read and decode_offsets(data) != read:  # (an unreadable tar is reported by itself)
+                problems.append(f"{file}: sample offsets do not match {indexes[rel]}")
+        else:
+            problems.append(f"{file}: listed in trainer_files but not a file vldata writes")
+    return problems
+
+
+def _parsed(rel: str, data: bytes):
+    """A JSON or YAML document, or None when it does not parse."""
+    import yaml
+
+    try:
+        return yaml.safe_load(data) if rel.endswith(".yaml") else json.loads(data)
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError):
+        return None
 
 
 def _read_through(f) -> None:

@@ -5,9 +5,11 @@ into deterministic ``Partition``s (checking the input's structure first) and tur
 input rows into records. For every input row it yields exactly one outcome: a Record, or a
 ``Failed`` / ``Filtered`` value with a reason. Images are loaded through ``RowContext.image``, which
 applies the shared image policy, and URLs are downloaded through ``RowContext.fetch_many``, which
-fetches concurrently but yields in input order. Sharding, writing, retries and resumption belong to
-the engine. A builder whose sample needs a running service (a loopback HTTP server for URL-based
-data) starts it in ``sample_services``.
+fetches concurrently but yields in input order. Each outcome says where its row came from (an
+``Origin``: input file, row, URL): ``Failed`` and ``Filtered`` in their ``ref``, a Record through
+``RowContext.located``, so that ``failures.parquet`` points every row it lists back to its input.
+Sharding, writing, retries and resumption belong to the engine. A builder whose sample needs a
+running service (a loopback HTTP server for URL-based data) starts it in ``sample_services``.
 It must not do I/O for builders: sharding, writing, retries and resumption belong to the engine.
 """
 
@@ -49,13 +51,26 @@ class Partition:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where an input row came from: its file (relative to the raw folder), its row in that file (for
+    text files, the line) and the URL of its image when the row has one. ``str()`` is ``file:row``."""
+
+    file: str
+    row: int | None = None
+    url: str | None = None
+
+    def __str__(self) -> str:
+        return self.file if self.row is None else f"{self.file}:{self.row}"
+
+
+@dataclass(frozen=True)
 class Failed:
     """An input row that produced no sample because something about it is wrong."""
 
     key: str
     reason: str
     message: str
-    ref: str  # where it came from: "file:row", a URL, ...
+    ref: Origin | str  # where it came from; a plain string ("file:row", a URL...) fills only failures' ``ref``
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,7 @@ class Filtered:
     key: str
     reason: str
     message: str
-    ref: str
+    ref: Origin | str
 
 
 Outcome = Record | Failed | Filtered
@@ -82,10 +97,26 @@ class Pending:
 
 @dataclass
 class RowContext:
-    """Per-partition services for ``Builder.records``: image loading, fetching and counted notes."""
+    """Per-partition services for ``Builder.records``: image loading, fetching, counted notes and where
+    each record came from (``located``)."""
 
     config: Config
     notes: dict[str, int] = field(default_factory=dict)
+    # id(record) -> (record, its origin); the record is held so that its id is not reused meanwhile
+    _origins: dict[int, tuple[Record, Origin]] = field(default_factory=dict, repr=False)
+
+    def located(self, record: Record, origin: Origin) -> Record:
+        """``record``, noted as made from the input row at ``origin`` (what ``ref`` is to ``Failed``):
+        if the record is later dropped as a duplicate, failures.parquet names that row."""
+        self._origins[id(record)] = (record, origin)
+        return record
+
+    def origin_of(self, outcome: Outcome) -> Origin | None:
+        """Where ``outcome`` came from (once, for a Record: the engine asks when it receives it)."""
+        if isinstance(outcome, (Failed, Filtered)):
+            return outcome.ref if isinstance(outcome.ref, Origin) else None
+        held = self._origins.pop(id(outcome), None)
+        return held[1] if held is not None and held[0] is outcome else None
 
     def image(self, data: bytes | None, missing_message: str = "") -> Image | image_mod.ImageFailure:
         """Verify image bytes under the configured policy; ``None`` means the file was missing."""
