@@ -419,7 +419,8 @@ def _build(fs, tars: Tars, now: dict, ifs, iroot: str, layout: PlainLayout, dono
         from tqdm import tqdm
 
         bar = tqdm(total=sum(now[n].get("size", 0) for n in todo), unit="B", unit_scale=True, file=sys.stderr,
-                   desc=f"indexing {len(todo)} tar{'s' * (len(todo) > 1)}", leave=False)
+                   desc=f"indexing {len(todo)} tar{'s' * (len(todo) > 1)}", leave=False,
+                   disable=None)  # None: shown on a terminal only, never into a log or a pipe
 
     def one(name: str) -> dict:
         entry, result = _index_tar(fs, tars.root, name, now[name], ifs, iroot, layout, bar.update if bar else None)
