@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from PIL import Image as PILImage
 
+from fakes.toy import png_image
 from vldata import Builder, Failed, Filtered, Image, Partition, Record
 from vldata.describe.card import card_file
 from vldata.write.engine import run_build
 
 
 def png(shade: int) -> Image:
-    buf = io.BytesIO()
-    PILImage.new("L", (4, 4), shade).save(buf, format="PNG")
-    data = buf.getvalue()
-    return Image(data=data, format="png", width=4, height=4, sha256=hashlib.sha256(data).hexdigest())
+    return png_image((4, 4), shade)
 
 
 class Pair(Record):

@@ -310,7 +310,7 @@ def write_img2dataset_folder(folder: Path, images: dict[str, bytes]) -> None:
         with tarfile.open(folder / f"{shard:05d}.tar", "w") as tar:
             for key, name, error in entries:
                 row = {"NSFW": "UNLIKELY", "similarity": 0.31, "LICENSE": "?", "caption": None if key == "000000002" else f"caption {key}",
-                       "url": f"http://example.invalid/{key}.jpg", "key": key,
+                       "url": f"http://127.0.0.1:9/{key}.jpg", "key": key,
                        "status": "success" if name else "failed_to_download", "error_message": error,
                        "width": None, "height": None, "original_width": None, "original_height": None, "exif": None,
                        "sha256": None}

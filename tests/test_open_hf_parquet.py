@@ -303,3 +303,18 @@ def test_an_unfinished_build_is_not_taken_for_a_parquet_dataset(scin_built, tmp_
     for path in (out / "parquet", out):
         with pytest.raises(FileNotFoundError, match="unfinished vldata build"):
             vldata.open(path, format="parquet")
+
+
+def test_a_readme_not_utf8_and_a_footer_claiming_gigabytes(hub, tmp_path):
+    """Outside bytes the describer reads: a README with bytes that are not UTF-8 still gives its
+    configs (the body is never needed); a footer length of 2 GiB is refused before it is read."""
+    latin = Path(shutil.copytree(hub, tmp_path / "latin"))
+    (latin / "README.md").write_bytes(README.encode() + b"\xff\xfe caf\xe9 \x80\n")
+    assert len(vldata.open(latin)) == sum(SHARDS["train"])
+
+    huge = Path(shutil.copytree(hub, tmp_path / "huge"))
+    shard = huge / "data/train-00000-of-00002.parquet"
+    shard.write_bytes(shard.read_bytes()[:-8] + (2**31).to_bytes(4, "little") + b"PAR1")
+    with pytest.raises(ShardError, match=r"train-00000-of-00002\.parquet: its parquet footer of 2147483648 bytes") as e:
+        vldata.open(huge)
+    _one_line(e)

@@ -6,8 +6,6 @@ formats. The media leaves are derived here from the files' own feature metadata,
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
 import json
 import textwrap
@@ -18,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import read_without_vldata, run_cli, shard_hashes
-from PIL import Image as PILImage
 from pydantic import BaseModel
 
+from fakes.toy import png_image
 from vldata.describe import schema as sch
 from vldata.describe.schema import Image, Record
 from vldata.write.shards import ParquetShards
@@ -199,10 +197,7 @@ class Nested(Record):
 
 
 def _image(colour: str) -> Image:
-    buf = io.BytesIO()
-    PILImage.new("RGB", (8, 6), colour).save(buf, format="PNG")
-    data = buf.getvalue()
-    return Image(data=data, format="png", width=8, height=6, sha256=hashlib.sha256(data).hexdigest())
+    return png_image((8, 6), colour, "RGB")
 
 
 def test_images_at_any_depth_and_raw_bytes_are_stored_plain(tmp_path):

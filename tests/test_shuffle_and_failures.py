@@ -30,8 +30,9 @@ from builders.arboretum.sample import write_sample
 from builders.laion.sample import LAION400M
 from conftest import run_cli, shard_hashes
 from fakes.http_server import ImageServer, encode
+from test_engine import Pair, png
 from test_laion import FETCH, laion_row, write, write_img2dataset_folder
-from vldata import Builder, Failed, Filtered, Image, Origin, Partition, Record
+from vldata import Builder, Failed, Filtered, Origin, Partition
 from vldata.cli import parse_shuffle
 from vldata.describe.card import card_file
 from vldata.write.engine import run_build
@@ -295,24 +296,7 @@ def test_img2dataset_failures_and_duplicates_name_shard_row_and_url(tmp_path):
     }
     assert {k: (f["file"], f["row"], f["reason"], f["kept_key"]) for k, f in failures.items()} == expected
     for key, f in failures.items():
-        assert f["url"] == f"http://example.invalid/{key}.jpg" and f["ref"] == f"{f['file']}:{f['row']}"
-
-
-class Pair(Record):
-    image: Image
-    url: str | None
-
-
-def _png(shade: int) -> Image:
-    import hashlib
-    import io
-
-    from PIL import Image as PILImage
-
-    buf = io.BytesIO()
-    PILImage.new("L", (4, 4), shade).save(buf, format="PNG")
-    data = buf.getvalue()
-    return Image(data=data, format="png", width=4, height=4, sha256=hashlib.sha256(data).hexdigest())
+        assert f["url"] == f"http://127.0.0.1:9/{key}.jpg" and f["ref"] == f"{f['file']}:{f['row']}"
 
 
 class LocatedPairs(Builder):
@@ -331,13 +315,13 @@ class LocatedPairs(Builder):
     def records(self, partition, ctx):
         split, start = partition.payload
         for i in range(start, start + partition.input_rows):
-            origin = Origin(f"rows-{split}.csv", i, f"http://h/{i % 4}")
+            origin = Origin(f"rows-{split}.csv", i, f"http://127.0.0.1:9/{i % 4}")
             if i == 5:
                 yield Filtered(f"{split}_{i}", "too_small", "filtered on purpose", origin)
             elif i == 6:
                 yield Failed(f"{split}_{i}", "broken", "failed on purpose", origin)
             else:
-                yield ctx.located(Pair(key=f"{split}_{i}", text=f"row {i}", image=_png(i % 3), url=origin.url), origin)
+                yield ctx.located(Pair(key=f"{split}_{i}", text=f"row {i}", image=png(i % 3), url=origin.url), origin)
 
     def card_path(self) -> Path:
         return card_file("scin")
@@ -348,15 +332,15 @@ def test_duplicates_name_their_input_and_the_key_kept(tmp_path):
     assert report.splits["train"].written == 3  # train_0, train_1, train_2
     got = {k: (f["file"], f["row"], f["url"], f["reason"], f["kept_key"]) for k, f in _failures(tmp_path / "out").items()}
     assert got == {
-        "train_3": ("rows-train.csv", 3, "http://h/3", "duplicate_image", "train_0"),
-        "train_4": ("rows-train.csv", 4, "http://h/0", "duplicate_image", "train_1"),
-        "train_5": ("rows-train.csv", 5, "http://h/1", "too_small", None),
-        "train_6": ("rows-train.csv", 6, "http://h/2", "broken", None),
-        "train_7": ("rows-train.csv", 7, "http://h/3", "duplicate_image", "train_1"),
-        "test_0": ("rows-test.csv", 0, "http://h/0", "duplicate_image", "train_0"),
-        "test_1": ("rows-test.csv", 1, "http://h/1", "duplicate_image", "train_1"),
-        "test_2": ("rows-test.csv", 2, "http://h/2", "duplicate_image", "train_2"),
-        "test_3": ("rows-test.csv", 3, "http://h/3", "duplicate_image", "train_0"),
+        "train_3": ("rows-train.csv", 3, "http://127.0.0.1:9/3", "duplicate_image", "train_0"),
+        "train_4": ("rows-train.csv", 4, "http://127.0.0.1:9/0", "duplicate_image", "train_1"),
+        "train_5": ("rows-train.csv", 5, "http://127.0.0.1:9/1", "too_small", None),
+        "train_6": ("rows-train.csv", 6, "http://127.0.0.1:9/2", "broken", None),
+        "train_7": ("rows-train.csv", 7, "http://127.0.0.1:9/3", "duplicate_image", "train_1"),
+        "test_0": ("rows-test.csv", 0, "http://127.0.0.1:9/0", "duplicate_image", "train_0"),
+        "test_1": ("rows-test.csv", 1, "http://127.0.0.1:9/1", "duplicate_image", "train_1"),
+        "test_2": ("rows-test.csv", 2, "http://127.0.0.1:9/2", "duplicate_image", "train_2"),
+        "test_3": ("rows-test.csv", 3, "http://127.0.0.1:9/3", "duplicate_image", "train_0"),
     }
 
 

@@ -44,6 +44,14 @@ class Toy(Record):
 SPLITS = {"train": 3, "test": 2}
 
 
+def png_image(size: tuple[int, int] = (4, 4), colour: int | str | tuple = 0, mode: str = "L") -> Image:
+    """A one-colour PNG as a Record's ``Image`` (bytes, format, size, sha256), for test builders."""
+    buf = io.BytesIO()
+    PILImage.new(mode, size, colour).save(buf, format="PNG")
+    data = buf.getvalue()
+    return Image(data=data, format="png", width=size[0], height=size[1], sha256=hashlib.sha256(data).hexdigest())
+
+
 def png(seed: int) -> Image:
     data = synthetic.encode(PILImage.new("RGB", (4 + seed, 3), (seed * 40 % 256, 10, 200)))
     return Image(data=data, format="png", width=4 + seed, height=3, sha256=hashlib.sha256(data).hexdigest())
