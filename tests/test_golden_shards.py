@@ -5,7 +5,8 @@ recorded before the code moved into packages. A change that alters shard bytes o
 the table below in the same commit and says why. Last updated by the "output everyone reads" work:
 parquet written as `datasets` writes Hub-optimized files (page index, CDC, PLAIN uncompressed image
 columns), the primary image member always `KEY.jpg`, lower-case member suffixes, and shards in a
-seeded shuffle (by default) of the written rows.
+seeded shuffle (by default) of the written rows. The LAION shards changed once more when
+`LaionRecord` gained the typed DataComp `uid` field (a new column, so every LAION shard).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ SMALL = {"parquet": 40_000, "webdataset": 60_000}
 GOLDEN = {
     "laion": {
         "parquet/data/train-00000-of-00002.parquet":
-            "1ce98835c3c0bfe926f67d7a218b5e14822443d9e690072e66073fb1ca357d0c",
+            "b2d5a1c6e4335443fd137b08410a6e1779e78e76151ea896407144717927ef9e",
         "parquet/data/train-00001-of-00002.parquet":
-            "bf3f1197f1d6bdce7a60cb717587ad085dcef6c941e1f1dce8027cbb465dc804",
+            "cf22b7959fd662e7a21fc2f00a8356371c93083fa57c1e91f17f3faad98e9dc9",
         "webdataset/train-000000.tar":
-            "a83ab85556523031450e570de3df7fb22481175a067160fc67713659c192e1b8",
+            "a36289e23daca731d53700aef264eb2d1ea14d9c08a3c01d37ded6cea566749f",
         "webdataset/train-000001.tar":
-            "3fd88c9efae83c4f4b4489ee7f66d99d3101ff64b6845f52aa2255e84665e1ed",
+            "daddbe469472116b3c9c2e2cbb423985e8f5bb7fd5ebb5a73c106c6b7ad27abc",
         "webdataset/train-000002.tar":
-            "15dd46fa94e8aee56f43ddaac72b2bf2299f874dd2efdf8fc453e1d5f2ea4551",
+            "2ef3cade6b334667a8068672a76c789a3902b4ff1667650a00565a99c00c7ef8",
     },
     "open_images": {
         "parquet/data/test-00000-of-00001.parquet":

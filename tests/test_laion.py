@@ -144,7 +144,7 @@ def test_column_sets_are_detected_and_normalized(server, tmp_path):
           [{"URL": c, "TEXT": "ein Bild", "WIDTH": 50, "HEIGHT": 50, "similarity": 0.29, "hash": -7436018474331853318,
             "punsafe": 0.25, "pwatermark": 0.5, "LANGUAGE": "de"}], JOINED)
     write(raw / "datacomp" / "0a1b.parquet",
-          [{"uid": "f" * 32, "url": server.add("/dc.jpg", encode("JPEG", (64, 48), (1, 2, 3))),
+          [{"uid": "0123456789ABCDEF" * 2, "url": server.add("/dc.jpg", encode("JPEG", (64, 48), (1, 2, 3))),
             "text": "a red square", "original_width": 64, "original_height": 48, "clip_b32_similarity_score": 0.25,
             "clip_l14_similarity_score": 0.2, "face_bboxes": [[0.1, 0.1, 0.4, 0.5]], "sha256": None}], DATACOMP)
     out = tmp_path / "out"
@@ -158,7 +158,9 @@ def test_column_sets_are_detected_and_normalized(server, tmp_path):
     assert joined["source_hash"] == "-7436018474331853318" and joined["punsafe"] == 0.25
     assert joined["pwatermark"] == 0.5 and joined["source_id"] is None and joined["caption"] == "ein Bild"
     dc = rows["datacomp"]
-    assert dc["source_id"] == "f" * 32 and dc["similarity"] == pytest.approx(0.25)
+    assert dc["source_id"] == "0123456789ABCDEF" * 2  # the raw value; uid is the normalized one
+    assert dc["uid"] == "0123456789abcdef" * 2 and rows["laion"]["uid"] is None
+    assert dc["similarity"] == pytest.approx(0.25)
     assert dc["similarity_l14"] == pytest.approx(0.2) and dc["meta_height"] == 48
     assert dc["face_bboxes"] == [{"x_min": 0.1, "y_min": 0.1, "x_max": 0.4, "y_max": 0.5}]
     assert dc["faces_blurred"] is False and dc["source_file"] == "datacomp/0a1b.parquet"
@@ -283,6 +285,7 @@ def test_face_boxes_are_blurred_on_request(server, tmp_path):
     vldata.build("laion", raw, tmp_path / "out", formats="parquet", fetch=FETCH, blur_faces=True)
     (row,) = parquet_rows(tmp_path / "out").values()
     assert row["faces_blurred"] is True
+    assert row["uid"] is None and row["source_id"] == "ab"  # a malformed uid is null, not a failed row
     out = PILImage.open(io.BytesIO(row["image"]["bytes"])).convert("L")
     assert 60 < out.getpixel((20, 20)) < 200  # inside the box: grey
     assert out.getpixel((60, 60)) == 0 and out.getpixel((61, 60)) == 255  # outside: untouched stripes
@@ -431,6 +434,7 @@ def test_the_sample_builds_with_its_loopback_server(sample_built):
     assert validate(sample_built) == []
     rows = parquet_rows(sample_built)
     assert {r["column_set"] for r in rows.values()} == {"laion", "datacomp"}
+    assert all(len(r["uid"]) == 32 for r in rows.values() if r["column_set"] == "datacomp")
 
 
 def test_the_sample_service_is_only_for_samples(tmp_path):

@@ -84,6 +84,8 @@ class LaionRecord(Record):
     source_file: str = Field(description="Metadata file, relative to the raw folder.")
     source_row: int = Field(description="Row in the source file (img2dataset: row of its shard parquet).")
     source_id: str | None = Field(description="SAMPLE_ID, uid or id of the metadata row, as a string.")
+    uid: str | None = Field(description="DataComp / CommonPool / DFN uid: the 128-bit identifier as 32 lower-case "
+                            "hex characters; null when the metadata has none.")
     meta_width: Int32 | None = Field(description="Image width recorded in the metadata (WIDTH, width, original_width).")
     meta_height: Int32 | None = Field(description="Image height recorded in the metadata.")
     original_width: Int32 | None = Field(description="Width of the downloaded image before resizing.")

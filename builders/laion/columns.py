@@ -26,6 +26,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "url": ("URL", "url"),
     "caption": ("TEXT", "text", "caption"),
     "source_id": ("SAMPLE_ID", "uid", "id"),
+    "uid": ("uid",),
     "meta_width": ("WIDTH", "width", "original_width"),
     "meta_height": ("HEIGHT", "height", "original_height"),
     "similarity": ("similarity", "clip_b32_similarity_score", "clip_similarity_vitb32"),
@@ -44,6 +45,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 ColumnSet = Literal["laion", "laion_language", "laion_joined", "laion_aesthetic", "datacomp", "coyo", "custom",
                     "img2dataset"]
 CHECKSUMS = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
+UID = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def column_set(names: list[str]) -> str:
@@ -106,6 +108,11 @@ def _id(v: Any) -> str | None:
     return text(v)
 
 
+def _uid(v: Any) -> str | None:
+    """A DataComp uid as 32 lower-case hex characters; anything else is null (``source_id`` keeps it)."""
+    return v.lower() if isinstance(v, str) and UID.fullmatch(v) else None
+
+
 def _float(v: Any) -> float | None:
     try:
         f = float(v)
@@ -147,6 +154,7 @@ def fields(row: dict, cols: dict[str, str]) -> dict:
     license_ = text(get("license"))
     return {
         "url": text(get("url")) or "", "caption": text(get("caption")), "source_id": _id(get("source_id")),
+        "uid": _uid(get("uid")),
         "meta_width": dim(get("meta_width")), "meta_height": dim(get("meta_height")),
         "similarity": _float(get("similarity")), "similarity_l14": _float(get("similarity_l14")),
         "nsfw_tag": text(get("nsfw_tag")), "punsafe": _float(get("punsafe")), "pwatermark": _float(get("pwatermark")),
