@@ -1,4 +1,4 @@
-"""The ``vldata`` command: list, sample, build, inspect, validate, publish, index.
+"""The ``vldata`` command: list, sample, build, inspect, validate, publish, index, select, export-uids.
 
 Structural problems (unknown builder, missing file or column, bad ``--set``) exit with status 2 and
 one line on stderr before any work starts; row-level problems are counted, never fatal.
@@ -111,6 +111,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, metavar="'jpg;png'", help="primary image members, in order of "
                                                                       "preference (default 'jpg;jpeg;png;webp')")
     p.add_argument("--text", default=None, metavar="txt", help="the text member (default txt)")
+    p = sub.add_parser("select", help="choose samples of a build by a rule; stored as subsets/NAME.parquet, "
+                                      "shards untouched")
+    p.add_argument("out", help="the build (OUT, a local folder)")
+    p.add_argument("name", help="the subset's name (letters, digits, _ and -)")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--metaclip", metavar="ENTRIES", help="MetaCLIP: substring matching against ENTRIES (one "
+                      "per line, or MetaCLIP's metadata JSON list), then balancing with --t")
+    rule.add_argument("--datacomp-basic", action="store_true", help="DataComp's basic filter: English caption, "
+                      "> 2 words, > 5 characters, shorter side >= 200, aspect ratio <= 3")
+    rule.add_argument("--score", metavar="FIELD", help="DataComp's CLIP-score rule on FIELD with --top or --min")
+    rule.add_argument("--uids", metavar="FILE.npy", help="a DataComp / DFN uid file (numpy u8,u8)")
+    p.add_argument("--t", type=float, default=None, help="MetaCLIP's per-entry threshold (20000 at 400M "
+                                                         "scale, 170000 at 2.5B)")
+    p.add_argument("--online", action="store_true", help="MetaCLIP: store the matches; each epoch draws anew")
+    p.add_argument("--top", type=float, default=None, metavar="FRACTION", help="--score: keep the top fraction")
+    p.add_argument("--min", type=float, default=None, dest="minimum", metavar="X", help="--score: keep score >= X")
+    p.add_argument("--from", dest="from_", default=None, metavar="SUBSET", help="select among SUBSET's samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of random draws (MetaCLIP)")
+    p.add_argument("--workers", type=int, default=None, help="processes matching MetaCLIP entries (default: "
+                                                              "one per core)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing subset of that name")
+    p = sub.add_parser("export-uids", help="write a subset's uids as a DataComp / DFN uid file (numpy u8,u8)")
+    p.add_argument("out", help="the build (OUT, a local folder)")
+    p.add_argument("--subset", required=True, metavar="NAME")
+    p.add_argument("file", metavar="FILE.npy")
     return ap
 
 
@@ -206,6 +231,17 @@ def _run_tool(args) -> int:
 
         print(index(args.path, index_dir=args.index_dir, image=args.image, text=args.text))
         return 0
+    if args.command == "select":
+        from vldata.tools import select
+
+        print(select.select(args.out, args.name, _rule(args), from_=args.from_, seed=args.seed,
+                            overwrite=args.overwrite))
+        return 0
+    if args.command == "export-uids":
+        from vldata.tools.select import export_uids
+
+        print(export_uids(args.out, args.subset, args.file))
+        return 0
     if args.command == "publish":
         from huggingface_hub.errors import HfHubHTTPError
 
@@ -222,6 +258,28 @@ def _run_tool(args) -> int:
             print("dry run: nothing was uploaded")
         return 0
     raise AssertionError(args.command)
+
+
+def _rule(args):
+    """The rule object of ``vldata select``'s arguments; options of another rule are refused."""
+    from vldata.tools import select
+
+    extra = {"--t": args.t is not None, "--online": args.online, "--top": args.top is not None,
+             "--min": args.minimum is not None}
+    allowed = {"metaclip": ("--t", "--online"), "score": ("--top", "--min")}
+    kind = "metaclip" if args.metaclip else "score" if args.score else "uids" if args.uids else "datacomp_basic"
+    stray = [k for k, given in extra.items() if given and k not in allowed.get(kind, ())]
+    if stray:
+        raise StructuralError(f"{stray[0]} does not go with --{kind.replace('_', '-')}")
+    if kind == "metaclip":
+        if args.t is None:
+            raise StructuralError("--metaclip needs --t (MetaCLIP used 20000 at 400M scale, 170000 at 2.5B)")
+        return select.MetaClip(args.metaclip, args.t, online=args.online, workers=args.workers)
+    if kind == "score":
+        return select.Score(args.score, top=args.top, minimum=args.minimum)
+    if kind == "uids":
+        return select.Uids(args.uids)
+    return select.DataCompBasic()
 
 
 if __name__ == "__main__":

@@ -250,6 +250,15 @@ def manifest_problems(manifest: Any) -> list[str]:
                 problems.append(f"trainer file {f.get('path')!r} has no sha256")
     if "plain" in manifest:
         problems += _plain_problems(manifest["plain"])
+    chosen = manifest.get("subsets", {})
+    if not isinstance(chosen, dict) or not all(isinstance(e, dict) for e in chosen.values()):
+        problems.append("'subsets' is not an object of subsets")
+    else:
+        for name, entry in chosen.items():
+            path(entry.get("path"), f"subset {name!r}")
+            if entry.get("counts") is not None:
+                path(entry["counts"].get("path") if isinstance(entry["counts"], dict) else None,
+                     f"subset {name!r} counts")
     tables = manifest.get("tables") or {}
     if not isinstance(tables, dict):
         return problems + ["'tables' is not an object"]

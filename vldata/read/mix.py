@@ -4,7 +4,9 @@ A ``Mix`` owns no order of its own: ``plan(...)`` returns the pure ``Plan`` for 
 ``sample(k, i)`` reads sample i of source k and tags it with the source's name (``source``), which
 training code can use for prefix conditioning of the text encoder. A single ``Source`` is a Mix of
 one. Weights are exact rationals (``plan.rational_weights``). With ``balance_by=FIELD, cap=N`` each
-epoch uses at most N samples of any value of FIELD (MetaCLIP-style), from values saved at build time.
+epoch uses at most N samples of any value of FIELD (MetaCLIP-style), from values saved at build time; a
+source opened on an online subset (``vldata select --metaclip ... --online``) brings its own draw per
+epoch, which the cap then applies to.
 It must not decide order itself (``read.plan`` does, as a pure function) nor open files beyond
 asking its sources.
 """
@@ -48,25 +50,28 @@ class Mix:
         return cls({data.name: data}, seed=seed, balance_by=balance_by, cap=cap)
 
     def subsets(self, epoch: int, seed: int) -> tuple | None:
-        """Per source, the indices balanced sampling keeps this epoch: for every value of
-        ``balance_by`` with more than ``cap`` samples, a fresh random ``cap`` of them (MetaCLIP's
-        per-entry cap); every sample of rarer values. Sources without the field keep everything."""
-        if self.balance_by is None:
-            return None
+        """Per source, the indices this epoch may use (None: all): an online subset's draw for the
+        epoch, then, with ``balance_by``, for every value with more than ``cap`` of those samples a
+        fresh random ``cap`` of them (MetaCLIP's per-entry cap), every sample of rarer values.
+        Sources without the field keep everything they drew."""
         if (epoch, seed) not in self._subsets:
-            if self._values is None:
+            drawn = [s.drawn(epoch, seed) for s in self.sources]
+            if self.balance_by is None and all(d is None for d in drawn):
+                return None
+            if self.balance_by is not None and self._values is None:
                 self._values = [_values_or_none(s, self.balance_by) for s in self.sources]
                 if all(v is None for v in self._values):
                     self.sources[0].values(self.balance_by)  # raises KeyError naming what is there
             out = []
-            for k, values in enumerate(self._values):
+            for k, indices in enumerate(drawn):
+                values = self._values[k] if self.balance_by is not None else None
                 if values is None:
-                    out.append(None)
+                    out.append(indices)
                     continue
                 rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, k, 0xBA1A]))
                 groups: dict = {}
-                for i, v in enumerate(values):
-                    groups.setdefault(v, []).append(i)
+                for i in range(len(values)) if indices is None else indices.tolist():
+                    groups.setdefault(values[i], []).append(i)
                 keep = []
                 for v in sorted(groups, key=lambda v: (v is None, str(v))):
                     members = groups[v]
@@ -94,6 +99,8 @@ class Mix:
 
         what = [self.names, [list(s.shard_sizes) for s in self.sources], self.weights, self.stop,
                 self.balance_by, self.cap]
+        if any(s.identity is not None for s in self.sources):  # states saved without subsets stay valid
+            what.append([s.identity for s in self.sources])
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def sample(self, k: int, i: int) -> dict[str, Any]:

@@ -17,12 +17,14 @@ from collections import OrderedDict
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from vldata.errors import SampleError, ShardError, one_line
 from vldata.layout import (BUILD_DIR, MANIFEST, MAX_SAMPLE_BYTES, PLAN, READ_PREFERENCE, MemberLayout, PlainLayout,
                            escapes, format_folders, read_checked_manifest)
+from vldata.read import subset as subsets
 
 __all__ = ["SampleError", "ShardError", "Source", "ParquetSource", "WebDatasetSource", "open"]
 
@@ -35,12 +37,14 @@ def _join(root: str, rel: str) -> str:
 
 def open(path: str, split: str = "train", format: str | None = None, name: str | None = None,  # noqa: A002
          storage_options: dict | None = None, *, image: str | list[str] | None = None, text: str | None = None,
-         index_dir: str | None = None) -> Source:
+         index_dir: str | None = None, subset: str | None = None) -> Source:
     """A random-access source over a vldata build (OUT, OUT/parquet or OUT/webdataset), a Hugging Face
     parquet dataset, or a folder / URL prefix / brace pattern of plain webdataset tars; local or any
     fsspec URL. When OUT holds both formats, ``format`` chooses (default: webdataset, read by byte
     ranges). ``image``/``text`` name the image and text column (parquet) or member suffixes (tars) of
-    a dataset vldata did not build; ``index_dir`` is where plain tars' member indexes are (or go)."""
+    a dataset vldata did not build; ``index_dir`` is where plain tars' member indexes are (or go).
+    ``subset`` reads only the samples of a selection (``vldata select``): ``len`` is the subset's, a
+    sample it lists twice is there twice, an online subset draws each epoch's samples anew."""
     fs, root = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
     folders = format_folders(root, fs, order=(format,) if format else READ_PREFERENCE)
     index_root = None
@@ -55,7 +59,16 @@ def open(path: str, split: str = "train", format: str | None = None, name: str |
     if split not in manifest["splits"]:
         raise KeyError(f"{path}: no split {split!r} (has {', '.join(manifest['splits'])})")
     cls = ParquetSource if manifest["format"] == "parquet" else WebDatasetSource
-    return cls(fs, root, manifest, split, name or manifest["builder"], index_root=index_root)
+    source = cls(fs, root, manifest, split, name or manifest["builder"], index_root=index_root)
+    if subset is not None:
+        if subset not in (manifest.get("subsets") or {}):
+            have = ", ".join(sorted(manifest.get("subsets") or {})) or "none"
+            raise KeyError(f"{path}: no subset {subset!r} (subsets: {have})")
+        picks, problems = subsets.read(fs, root, manifest, subset)
+        if problems:
+            raise ShardError(problems[0])
+        source.select(picks.get(split) or subsets.Picks(subset, np.zeros(0, dtype=np.int64), split=split))
+    return source
 
 
 def _describe_foreign(fs, root: str, split: str, format: str | None, image, text,  # noqa: A002
@@ -82,7 +95,8 @@ def _describe_foreign(fs, root: str, split: str, format: str | None, image, text
 
 
 class Source:
-    """Samples of one split, addressable by global index 0..len-1 (shards in manifest order)."""
+    """Samples of one split, addressable by global index 0..len-1 (shards in manifest order), or of a
+    subset of them (``select``): index i is then the subset's i-th sample."""
 
     def __init__(self, fs, root: str, manifest: dict, split: str, name: str, index_root: str | None = None):
         self.fs, self.root, self.manifest, self.split, self.name = fs, root, manifest, split, name
@@ -93,14 +107,29 @@ class Source:
         self._starts = [0]
         for n in self.shard_sizes:
             self._starts.append(self._starts[-1] + n)
+        self.picks: subsets.Picks | None = None
+
+    def select(self, picks: subsets.Picks) -> None:
+        """Read only the samples ``picks`` lists (sorted global indices of this split, repeats allowed)."""
+        if len(picks.indices) and not 0 <= picks.indices[0] <= picks.indices[-1] < self._starts[-1]:
+            raise ShardError(f"{self.root}: subset {picks.name!r} lists samples outside split {self.split!r}")
+        self.picks = picks
 
     def __len__(self) -> int:
-        return self._starts[-1]
+        return len(self.picks.indices) if self.picks is not None else self._starts[-1]
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
         """Sample counts of the blocks this source reads whole or keeps together, in index order
-        (the plan shuffles their order): its shards."""
+        (the plan shuffles their order): its shards, or how many of a subset's samples each holds."""
+        blocks = self._blocks()
+        if self.picks is None:
+            return blocks
+        bounds = np.cumsum(blocks)
+        return tuple(np.bincount(np.searchsorted(bounds, self.picks.indices, side="right"),
+                                 minlength=len(blocks)).tolist())
+
+    def _blocks(self) -> tuple[int, ...]:
         return self.shard_sizes
 
     @property
@@ -108,10 +137,20 @@ class Source:
         """The widest shuffle window this source reads without thrashing (None: any)."""
         return None
 
+    def drawn(self, epoch: int, seed: int) -> np.ndarray | None:
+        """The indices epoch ``epoch`` of a run seeded ``seed`` may use, when that changes per epoch
+        (an online subset: a fresh balanced draw); None: all of them."""
+        return self.picks.drawn(epoch, seed) if self.picks is not None else None
+
+    @property
+    def identity(self) -> list | None:
+        """What a saved position refers to besides the shard sizes: the subset read (None: all)."""
+        return None if self.picks is None else [self.picks.name, self.picks.sha256]
+
     def locate(self, i: int) -> tuple[int, int]:
-        """(shard number, index within the shard) of global index i."""
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} outside 0..{len(self) - 1}")
+        """(shard number, index within the shard) of global index i of the split (not of a subset)."""
+        if not 0 <= i < self._starts[-1]:
+            raise IndexError(f"index {i} outside 0..{self._starts[-1] - 1}")
         s = bisect.bisect_right(self._starts, i) - 1
         return s, i - self._starts[s]
 
@@ -119,7 +158,12 @@ class Source:
         return _join(self.root, self.shards[s]["path"])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        s, j = self.locate(int(i))
+        i = int(i)
+        if self.picks is not None:
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {i} outside 0..{len(self) - 1} of subset {self.picks.name!r}")
+            i = int(self.picks.indices[i])
+        s, j = self.locate(i)
         if self._pid != os.getpid():  # a forked copy: the parent's open files share their offsets with it
             self._forget_open_files()
         sample = self._read(s, j)
@@ -135,9 +179,10 @@ class Source:
         url = self._inside(info["path"])
         try:
             with self.fs.open(url, "rb") as f:
-                return pq.read_table(f, columns=[field]).column(field).to_pylist()
+                values = pq.read_table(f, columns=[field]).column(field).to_pylist()
         except (OSError, ValueError) as e:
             raise ShardError(f"{url}: unreadable values file ({one_line(e)})") from None
+        return values if self.picks is None else [values[i] for i in self.picks.indices.tolist()]
 
     def get_many(self, indices) -> list[dict[str, Any]]:
         return [self[i] for i in indices]
@@ -212,8 +257,7 @@ class ParquetSource(Source):
         columns = self.manifest.get("columns")  # column names (or None) of the text and the key
         self._columns = {k: v for k, v in columns.items() if isinstance(v, str)} if isinstance(columns, dict) else None
 
-    @property
-    def block_sizes(self) -> tuple[int, ...]:
+    def _blocks(self) -> tuple[int, ...]:
         """Row groups, where the manifest gives them (a row group is read whole)."""
         groups = [sh.get("row_groups") for sh in self.shards]
         if all(isinstance(g, list) and sum(g) == n for g, n in zip(groups, self.shard_sizes)):
@@ -226,7 +270,7 @@ class ParquetSource(Source):
         three), so each is read about once per pass instead of once per sample."""
         if not any(sh.get("row_groups") for sh in self.shards):
             return None
-        blocks = sorted(self.block_sizes)
+        blocks = sorted(n for n in self.block_sizes if n)
         return max(1, blocks[len(blocks) // 2]) if blocks else None
 
     def _file(self, s: int) -> pq.ParquetFile:

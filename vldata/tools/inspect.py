@@ -63,6 +63,13 @@ def summary(path: str | Path, max_values: int = 5) -> str:
         for split, info in m["splits"].items():
             lines.append(f"  {split}: {info['num_samples']} samples in {len(info['shards'])} shards, "
                          f"{human_size(info['num_bytes'])}")
+    for name, entry in (read_checked_manifest(folders[0]).get("subsets") or {}).items():
+        try:  # a subset entry is untrusted like the rest of the manifest: shown, never relied on
+            chosen = ", ".join(f"{split} {s['selected']} of {s['input']}" for split, s in entry["splits"].items())
+            lines.append(f"subset {name}: {entry['rule']}{' (online)' if entry.get('online') else ''}"
+                         f"{' from ' + str(entry['from']) if entry.get('from') else ''}: {chosen}")
+        except (TypeError, KeyError, AttributeError):
+            lines.append(f"subset {name}: unreadable entry")
     stats_path = Path(stats_file(path))
     stats = _stats(stats_path)
     if stats is not None:

@@ -34,8 +34,9 @@ REPO_SUFFIX = {"parquet": "", "webdataset": "-wds"}
 METADATA_FILES = (*CARD_FILES, MANIFEST)
 SHARD_SIZE_OPTION = {"parquet": "--parquet-shard-size", "webdataset": "--tar-shard-size"}
 # Files of an earlier build that the loaders' globs would still pick up if left in the repo.
-STALE_PATTERNS = {"parquet": ("data/*.parquet", "values/*.parquet", "tables/*.parquet"),
-                  "webdataset": ("*.tar", "*.idx.json", "*.tar.idx", "values/*.parquet", "tables/*.parquet")}
+STALE_PATTERNS = {"parquet": ("data/*.parquet", "values/*.parquet", "tables/*.parquet", "subsets/*.parquet"),
+                  "webdataset": ("*.tar", "*.idx.json", "*.tar.idx", "values/*.parquet", "tables/*.parquet",
+                                 "subsets/*.parquet")}
 # Hub limits (https://huggingface.co/docs/hub/repositories-recommendations): entries per folder is
 # a hard limit of the Hub's tree listing; 50 GB is the largest file it accepts; commits of more
 # than ~100 files risk server-side timeouts.
@@ -198,6 +199,9 @@ def _referenced_groups(folder: Path, manifest: dict) -> list[list[PlannedFile]]:
             groups.append([PlannedFile(rel, _local_file(folder, rel).stat().st_size)])
     for table in manifest.get("tables", {}).values():  # the builder's side tables (class lists, ...)
         groups.append([PlannedFile(table["path"], _local_file(folder, table["path"]).stat().st_size)])
+    for entry in manifest.get("subsets", {}).values():  # selections (vldata select) with their entry counts
+        groups.append([_planned(folder, entry["path"])] +
+                      ([_planned(folder, entry["counts"]["path"])] if entry.get("counts") else []))
     grouped = {f.path for group in groups for f in group}
     return groups + [[_planned(folder, rel)] for rel in trainer if rel not in grouped]
 

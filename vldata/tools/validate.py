@@ -7,7 +7,9 @@ has its primary image, ``.txt`` and ``.json``; the files for trainers beside the
 ``_info.json``, open_clip's ``sizes.json``, Energon's ``.nv-meta/`` and ``<shard>.tar.idx``) are listed
 in the manifest, match their recorded size and sha256 and agree with the tars (counts, file names,
 sample offsets); README.md carries a YAML header; croissant.json validates; and the build's
-accounting (``build/stats.json``) balances and matches the manifest.
+accounting (``build/stats.json``) balances and matches the manifest; every subset (``vldata select``)
+has its recorded size and sha256, lists samples of its splits in order with the recorded counts, and
+is the same in both format folders.
 It only reads, from a local folder or any fsspec URL (a build uploaded to s3://, served over http).
 """
 
@@ -27,6 +29,7 @@ from vldata.errors import ShardError, one_line
 from vldata.layout import (MANIFEST, TRAINER_DOCUMENTS, MemberLayout, decode_offsets, escapes, format_folders,
                            manifest_problems, read_checked_manifest, read_manifest, sample_offsets, stats_file,
                            stream_sha256, tar_samples, trainer_documents, valid_key)
+from vldata.read import subset as subsets
 
 
 class Location:
@@ -90,6 +93,7 @@ def validate(path: str | Path) -> list[str]:
     problems: list[str] = []
     for folder in folders:
         problems += _validate_folder(folder)
+    problems += _compare_subsets(folders)
     stats_path = path.at(stats_file(path.path, path.fs))
     if stats_path.exists():
         problems += _validate_stats(stats_path, folders)
@@ -142,8 +146,28 @@ def _validate_folder(folder: Location) -> list[str]:
             problems.append(f"{file}: sha256 differs from the manifest (altered)")
         elif pq.ParquetFile(file.open()).metadata.num_rows != table["num_rows"]:
             problems.append(f"{file}: row count differs from the manifest")
+    for name, entry in manifest.get("subsets", {}).items():
+        files = [entry.get("path"), *([entry["counts"].get("path")] if entry.get("counts") else [])]
+        escaped = [_escapes(folder, folder / rel) for rel in files if isinstance(rel, str)]
+        problems += [e for e in escaped if e] or subsets.read(folder.fs, folder.path, manifest, name)[1]
     problems += _validate_card(folder)
     return problems
+
+
+def _compare_subsets(folders: list[Location]) -> list[str]:
+    """Both format folders of a build must list the same subsets (one selection serves both)."""
+    listed = {}
+    for folder in folders:
+        try:
+            listed[folder] = {n: e.get("sha256") for n, e in (read_manifest(folder.path, folder.fs).get("subsets")
+                                                               or {}).items()}
+        except (OSError, ValueError, AttributeError):
+            return []  # the folder's own check names its manifest
+    if len(listed) < 2:
+        return []
+    (a, sa), (b, sb) = list(listed.items())[:2]
+    return [f"{b / MANIFEST}: subset {n!r} differs from {a / MANIFEST}'s (select again to write both)"
+            for n in sorted(set(sa) | set(sb)) if sa.get(n) != sb.get(n)]
 
 
 def _escapes(folder: Location, file: Location) -> str | None:
