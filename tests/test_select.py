@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import subprocess
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
