@@ -36,6 +36,8 @@ MAX_SUBSET_BYTES = 1 << 33  # 8 GiB: a selection of ~700M samples; more is not a
 SCHEMA = pa.schema([("split", pa.string()), ("index", pa.int64()), ("entries", pa.list_(pa.int32()))])
 COUNTS_SCHEMA = pa.schema([("split", pa.string()), ("entry", pa.int32()), ("count", pa.int64())])
 _DRAW = 0x3E7AC11  # separates MetaCLIP draws from every other use of a seed
+_DRAW_BLOCK = 1 << 22  # (sample, entry) pairs drawn at once
+_MAX_LIST_IDS = 1 << 30  # entry ids in one chunk of the entries column (its offsets are int32)
 
 
 def subset_file(name: str) -> str:
@@ -64,9 +66,18 @@ def metaclip_keep(offsets: np.ndarray, ids: np.ndarray, counts: np.ndarray, t: f
     is. ``seed`` is the list of integers the draw is a function of."""
     rng = np.random.default_rng(np.random.SeedSequence([int(s) for s in seed] + [_DRAW]))
     p = entry_probabilities(counts, t)
-    hit = rng.random(len(ids)) < p[ids]
-    hits = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
-    return hits[offsets[1:]] > hits[offsets[:-1]]
+    n = len(offsets) - 1
+    keep = np.zeros(n, dtype=bool)
+    a = 0
+    while a < n:  # in blocks of whole samples: the same stream of draws, a bounded amount of memory
+        b = min(max(int(np.searchsorted(offsets, offsets[a] + _DRAW_BLOCK, "right")) - 1, a + 1), n)
+        lo, hi = int(offsets[a]), int(offsets[b])
+        hit = rng.random(hi - lo) < p[ids[lo:hi]]
+        hits = np.concatenate([[0], np.cumsum(hit, dtype=np.int64)])
+        bounds = offsets[a:b + 1] - lo
+        keep[a:b] = hits[bounds[1:]] > hits[bounds[:-1]]
+        a = b
+    return keep
 
 
 def split_word(split: str) -> int:
@@ -85,10 +96,19 @@ def to_table(splits: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray |
     for split in sorted(splits):
         indices, offsets, ids = splits[split]
         n = len(indices)
-        entries = pa.nulls(n, pa.list_(pa.int32())) if offsets is None else \
-            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids.astype(np.int32)))
-        tables.append(pa.table([pa.array([split] * n, pa.string()), pa.array(indices.astype(np.int64)), entries],
-                               schema=SCHEMA))
+        # rows in chunks whose entry ids fit the list column's int32 offsets (MetaCLIP at scale has billions)
+        cuts = [0] if offsets is None else sorted({0, n, *np.searchsorted(
+            offsets, np.arange(_MAX_LIST_IDS, int(offsets[-1]), _MAX_LIST_IDS), "right").tolist()})
+        cuts = [0, n] if offsets is None else [c - 1 if 0 < c < n else c for c in cuts]
+        for a, b in zip(cuts, cuts[1:]):
+            if offsets is None:
+                entries = pa.nulls(b - a, pa.list_(pa.int32()))
+            else:
+                lo, hi = int(offsets[a]), int(offsets[b])
+                entries = pa.ListArray.from_arrays(pa.array((offsets[a:b + 1] - lo).astype(np.int32)),
+                                                   pa.array(ids[lo:hi].astype(np.int32, copy=False)))
+            tables.append(pa.table([pa.array([split] * (b - a), pa.string()),
+                                    pa.array(indices[a:b].astype(np.int64)), entries], schema=SCHEMA))
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
@@ -228,13 +248,17 @@ def read(fs, folder: str, manifest: dict, name: str) -> tuple[dict[str, Picks], 
 
 
 def _entries(column: pa.ChunkedArray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(offsets, ids) of a list<int32> column; (None, None) when a row is null."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if array.null_count:
-        return None, None
-    offsets = array.offsets.to_numpy().astype(np.int64)  # a slice's offsets start where the slice does
-    ids = array.values.to_numpy().astype(np.int64)[offsets[0]:offsets[-1]]
-    return offsets - offsets[0], ids
+    """(offsets, ids) of a list<int32> column, chunk by chunk (together they may hold more ids than
+    one chunk's int32 offsets can); (None, None) when a row is null."""
+    offsets, ids, base = [np.zeros(1, np.int64)], [np.zeros(0, np.int64)], 0
+    for array in column.chunks:
+        if array.null_count:
+            return None, None
+        chunk = array.offsets.to_numpy().astype(np.int64)  # a slice's offsets start where the slice does
+        ids.append(array.values.to_numpy()[chunk[0]:chunk[-1]].astype(np.int64))
+        offsets.append(chunk[1:] - chunk[0] + base)
+        base += int(chunk[-1] - chunk[0])
+    return np.concatenate(offsets), np.concatenate(ids)
 
 
 def entry_problems(name: str, entry: dict) -> list[str]:

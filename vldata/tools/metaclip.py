@@ -54,7 +54,7 @@ def read_entries(path: str | os.PathLike) -> list[str]:
         if size > MAX_ENTRIES_BYTES:
             raise StructuralError(f"entries file {name} is {size:,} bytes; the limit is {MAX_ENTRIES_BYTES:,}")
         with open(path, "rb") as f:
-            data = f.read(MAX_ENTRIES_BYTES + 1)
+            data = f.read(min(os.fstat(f.fileno()).st_size, MAX_ENTRIES_BYTES) + 1)  # +1: a file that grew
     except OSError as e:
         raise StructuralError(f"cannot read entries file {name}: {e.strerror or e}") from None
     if len(data) > MAX_ENTRIES_BYTES:  # it grew between stat and read

@@ -164,19 +164,24 @@ class MetaClip:
         build.require((TEXT,), self.name)
         parts = build.parts(split, TEXT)
         matched = metaclip.match_all(parts, self.entries, workers=min(self.workers, len(parts)))
-        offsets, ids, base = [np.zeros(1, np.int64)], [np.zeros(0, np.int64)], 0
-        for part_offsets, part_ids in matched:  # one shard's matches after another's
+        offsets, ids, base = [np.zeros(1, np.int64)], [np.zeros(0, np.int32)], 0
+        for part_offsets, part_ids in matched:  # one shard's matches after another's (ids stay int32)
             offsets.append(np.asarray(part_offsets[1:], dtype=np.int64) + base)
-            ids.append(np.asarray(part_ids, dtype=np.int64))
+            ids.append(part_ids)
             base += int(part_offsets[-1])
-        offsets, ids = _gather_entries(np.concatenate(offsets), np.concatenate(ids), rows)
+        del matched
+        offsets, ids = np.concatenate(offsets), np.concatenate(ids)
+        if not np.array_equal(rows, np.arange(len(offsets) - 1)):  # a --from subset: its rows, repeats too
+            offsets, ids = _gather_entries(offsets, ids, rows)
         counts = metaclip.entry_counts(ids, len(self.entries))
         has = offsets[1:] > offsets[:-1]
         if self.online:
             keep = has
         else:
             keep = subsets.metaclip_keep(offsets, ids, counts, self.t, [seed, subsets.split_word(split)])
-        offsets, ids = _gather_entries(offsets, ids, np.flatnonzero(keep))
+        lengths = np.diff(offsets)
+        ids = ids[np.repeat(keep, lengths)]
+        offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
         stats = {"matched": int(has.sum()), "no_match": int((~has).sum()),
                  "entries_matched": int((counts > 0).sum()), "entries_over_t": int((counts > self.t).sum())}
         if not self.online:
@@ -292,15 +297,16 @@ def select(out: str | Path, name: str, rule: Any, from_: str | None = None, seed
         rows = np.arange(n, dtype=np.int64) if source is None else \
             (source[split].indices if split in source else np.zeros(0, np.int64))
         picked, offsets, ids, split_stats, entry_counts = rule.apply(build, split, rows, seed)
-        order = np.argsort(picked, kind="stable")  # sorted by index; a rule's repeats stay adjacent
-        picked = picked[order]
-        if offsets is not None:
-            offsets, ids = _gather_entries(offsets, ids, order)
+        if (np.diff(picked) < 0).any():  # sorted by index; a rule's repeats stay adjacent
+            order = np.argsort(picked, kind="stable")
+            picked = picked[order]
+            if offsets is not None:
+                offsets, ids = _gather_entries(offsets, ids, order)
         chosen[split] = (picked, offsets, ids)
         if entry_counts is not None:
             counts[split] = entry_counts
-        stats[split] = {"input": len(rows), "selected": len(picked), "distinct": len(np.unique(picked)),
-                        **split_stats}
+        distinct = int(np.count_nonzero(np.diff(picked))) + 1 if len(picked) else 0  # picked is sorted
+        stats[split] = {"input": len(rows), "selected": len(picked), "distinct": distinct, **split_stats}
     table = subsets.to_table(chosen)
     data = subsets.table_bytes(table)
     entry = {"path": subsets.subset_file(name), "num_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
