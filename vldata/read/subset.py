@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import zlib
 from dataclasses import dataclass
 
@@ -100,7 +101,7 @@ def to_table(splits: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray |
         cuts = [0] if offsets is None else sorted({0, n, *np.searchsorted(
             offsets, np.arange(_MAX_LIST_IDS, int(offsets[-1]), _MAX_LIST_IDS), "right").tolist()})
         cuts = [0, n] if offsets is None else [c - 1 if 0 < c < n else c for c in cuts]
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             if offsets is None:
                 entries = pa.nulls(b - a, pa.list_(pa.int32()))
             else:
