@@ -345,6 +345,28 @@ def test_a_subset_file_that_lies_is_refused_before_use(built, tmp_path):
         vldata.open(folder, subset="honest")
 
 
+def test_metaclip_counts_that_lie_are_refused(built, tmp_path):
+    import shutil
+
+    (tmp_path / "entries.txt").write_text("\n".join(ENTRIES) + "\n")
+    select(built, "counted", "--metaclip", str(tmp_path / "entries.txt"), "--t", "3", "--online", "--workers", "1")
+    folder = tmp_path / "parquet"
+    shutil.copytree(built / "parquet", folder)
+    manifest = json.loads((folder / "vldata.json").read_text())
+    original = pq.read_table(folder / subsets.counts_file("counted")).to_pylist()
+    lies = {"one more": ([dict(r, count=r["count"] + (i == 0)) for i, r in enumerate(original)],
+                         "not the counts of the stored matches"),
+            "huge id": (original + [{"split": "train", "entry": 2**31 - 1, "count": 1}], "out of range"),
+            "missing": (original[1:], "an entry without a count")}
+    for rows, message in lies.values():
+        data = subsets.table_bytes(pa.Table.from_pylist(rows, schema=subsets.COUNTS_SCHEMA))
+        (folder / subsets.counts_file("counted")).write_bytes(data)
+        manifest["subsets"]["counted"]["counts"].update(num_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        (folder / "vldata.json").write_text(json.dumps(manifest))
+        with pytest.raises(vldata.ShardError, match=message):
+            vldata.open(folder, subset="counted")
+
+
 def test_no_selection_rewrote_a_shard(built):
     """Runs last: after every selection above (and their manifests), the shards are the build's."""
     assert BEFORE and shard_hashes(built) == BEFORE

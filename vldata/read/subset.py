@@ -134,7 +134,7 @@ def table_bytes(table: pa.Table) -> bytes:
 @dataclass(frozen=True)
 class Picks:
     """One split's part of a subset: the global indices it selects (sorted, repeats allowed) and, for
-    MetaCLIP, each pick's matched entries and the entries' counts."""
+    MetaCLIP, each pick's matched entries (``ids``, positions in ``counts``) and those entries' counts."""
 
     name: str
     indices: np.ndarray
@@ -197,7 +197,8 @@ def read(fs, folder: str, manifest: dict, name: str) -> tuple[dict[str, Picks], 
         return {}, [problem]
     if table.schema != SCHEMA:
         return {}, [f"{url}: columns {table.schema.names} are not a subset's (split, index, entries)"]
-    counts_by_split: dict[str, np.ndarray] = {}
+    counts_by_split: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # split -> (entry ids sorted, counts)
+    num_entries = int(entry["params"]["num_entries"]) if entry.get("counts") is not None else 0
     if entry.get("counts") is not None:
         curl = f"{folder.rstrip('/')}/{entry['counts']['path']}"
         ctable, problem = _read_checked(fs, folder, curl, entry["counts"], "entry counts file")
@@ -205,15 +206,13 @@ def read(fs, folder: str, manifest: dict, name: str) -> tuple[dict[str, Picks], 
             return {}, [problem]
         if ctable.schema != COUNTS_SCHEMA:
             return {}, [f"{curl}: columns {ctable.schema.names} are not (split, entry, count)"]
-        num_entries = int(entry["params"]["num_entries"])
         for split in pc.unique(ctable["split"]).to_pylist():
             rows = ctable.filter(pc.equal(ctable["split"], split))
-            ids, n = rows["entry"].to_numpy(), rows["count"].to_numpy()
-            if len(ids) and (ids.min() < 0 or ids.max() >= num_entries or (n < 0).any()):
-                return {}, [f"{curl}: split {split}: entry ids or counts out of range"]
-            counts = np.zeros(num_entries, dtype=np.int64)
-            counts[ids] = n
-            counts_by_split[split] = counts
+            ids, n = rows["entry"].to_numpy().astype(np.int64), rows["count"].to_numpy()
+            if len(ids) and (ids.min() < 0 or ids.max() >= num_entries or (n < 1).any()
+                             or (np.diff(ids) <= 0).any()):
+                return {}, [f"{curl}: split {split}: entry ids out of range or repeated, or counts not positive"]
+            counts_by_split[split] = (ids, n.astype(np.int64))
     out: dict[str, Picks] = {}
     splits = manifest["splits"]
     for split in pc.unique(table["split"]).to_pylist() if table.num_rows else []:
@@ -235,13 +234,15 @@ def read(fs, folder: str, manifest: dict, name: str) -> tuple[dict[str, Picks], 
             offsets, ids = _entries(rows["entries"])
             if offsets is None:
                 return {}, [f"{where}: a sample without its entries"]
-            if len(ids) and (ids.min() < 0 or ids.max() >= int(entry["params"]["num_entries"])):
-                return {}, [f"{where}: an entry id outside the entries"]
-            counts = counts_by_split.get(split, np.zeros(int(entry["params"]["num_entries"]), dtype=np.int64))
-            if entry.get("online") and not np.array_equal(
-                    np.bincount(ids, minlength=len(counts)), counts):
+            # entries are numbered as in the user's file (up to num_entries); the draw needs only the
+            # counted ones, so ids become positions among them: memory follows the files, not a number
+            known, counts = counts_by_split.get(split, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+            compact = np.searchsorted(known, ids)
+            if len(ids) and (compact.max() >= len(known) or not np.array_equal(known[compact], ids)):
+                return {}, [f"{where}: an entry without a count in {counts_file(name)}"]
+            if entry.get("online") and not np.array_equal(np.bincount(compact, minlength=len(counts)), counts):
                 return {}, [f"{where}: entry counts are not the counts of the stored matches"]
-            picks = Picks(name=name, indices=indices, offsets=offsets, ids=ids, counts=counts,
+            picks = Picks(name=name, indices=indices, offsets=offsets, ids=compact, counts=counts,
                           t=float(entry["params"]["t"]), seed=picks.seed, online=picks.online, split=split,
                           sha256=entry["sha256"])
         out[split] = picks

@@ -338,7 +338,9 @@ def select(out: str | Path, name: str, rule: Any, from_: str | None = None, seed
 @contextmanager
 def _locked(out: Path):
     """One selection at a time writes into a build (each rewrites the manifests)."""
-    with open(out / ".vldata-select.lock", "a") as f:
+    # beside the format folders (never inside one, where publish would find it)
+    where = out.parent if (out / MANIFEST).exists() else out
+    with open(where / ".vldata-select.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
