@@ -190,6 +190,8 @@ def test_online_subset_draws_per_epoch_and_resumes_exactly(built, tmp_path):
     select(built, "online", "--metaclip", str(tmp_path / "entries.txt"), "--t", "3", "--online", "--workers", "1")
     src = vldata.open(built, subset="online")
     candidates = len(src)
+    split = json.loads((built / "parquet" / "vldata.json").read_text())["subsets"]["online"]["splits"]["train"]
+    assert 0 < split["expected_per_epoch"] < candidates == split["selected"]
     assert candidates == sum(1 for c, *_ in ROWS if reference_matches(c, ENTRIES))
     ds = TorchDataset(src, shuffle=True, seed=5, batch_size=2)
     epochs = []

@@ -2,10 +2,11 @@
 
 For each builder: write its sample raw input, build both formats (``vldata.build`` runs the
 services a sample needs, such as the loopback HTTP server of a URL-based sample), validate what was built,
-and print the accounting and a summary; then mix all of them and load a few decoded batches
+and print the accounting and a summary; curate each with ``vldata select`` (MetaCLIP's balancing over a
+few entries, online: a fresh draw per epoch); then mix all of them and load a few decoded batches
 through a two-worker DataLoader. Usage: ``python -m vldata.tools.demo OUT_DIR``.
 It must not do anything a user could not do with the public API: it only calls ``vldata.build``,
-``validate``, ``inspect``, ``Mix`` and ``TorchDataset``.
+``validate``, ``inspect``, the ``vldata select`` command, ``open``, ``Mix`` and ``TorchDataset``.
 """
 
 from __future__ import annotations
@@ -39,8 +40,35 @@ def main(out: str = "demo-out") -> int:
         failures += bool(problems)
     print(f"\nbuilt {len(registry.list_builders())} dataset(s) under {root}/; "
           f"load one with datasets.load_dataset('{root}/<name>/out/parquet')")
+    failures += curate(root, registry.list_builders())
     load_a_few_batches(root, registry.list_builders())
     return 1 if failures else 0
+
+
+# MetaCLIP-style entries for the samples' captions (MetaCLIP's own list is the user's to bring: CC-BY-NC)
+DEMO_ENTRIES = ("the", "of", "dog", "dogs", "cat", "car", "bird", "flower", "tree", "photo", "skin", "rash", "red",
+                "a photo of", "image", "CT", "MRI")
+
+
+def curate(root: Path, names: list[str]) -> int:
+    """``vldata select BUILD balanced --metaclip ENTRIES --t 3 --online`` on every sample build: the
+    shards stay as they are, the subset is a small file; returns the number of failed selections."""
+    from vldata.cli import main as vldata_command
+    from vldata.read.source import open as open_source
+
+    entries = root / "entries.txt"
+    entries.write_text("\n".join(DEMO_ENTRIES) + "\n")
+    print(f"\n== curate: MetaCLIP balancing (t=3, online) over {len(DEMO_ENTRIES)} entries")
+    failed = 0
+    for name in names:
+        out = root / name / "out"
+        code = vldata_command(["select", str(out), "balanced", "--metaclip", str(entries), "--t", "3", "--online",
+                               "--workers", "1"])
+        if code == 0:
+            print(f"   vldata.open('{out}', subset='balanced'): {len(open_source(out, subset='balanced'))} "
+                  "candidates, drawn anew each epoch")
+        failed += code != 0
+    return failed
 
 
 def load_a_few_batches(root: Path, names: list[str], batches: int = 3) -> None:

@@ -186,6 +186,9 @@ class MetaClip:
                  "entries_matched": int((counts > 0).sum()), "entries_over_t": int((counts > self.t).sum())}
         if not self.online:
             stats["not_drawn"] = int(has.sum() - keep.sum())
+        elif len(ids):  # what one epoch's draw keeps on average: the sum of 1 - prod(1 - p)
+            survive = np.multiply.reduceat(1 - subsets.entry_probabilities(counts, self.t)[ids], offsets[:-1])
+            stats["expected_per_epoch"] = round(float(np.sum(1 - survive)), 1)
         return rows[keep], offsets, ids, stats, counts
 
 
@@ -329,7 +332,8 @@ def select(out: str | Path, name: str, rule: Any, from_: str | None = None, seed
                 stale = folder / subsets.counts_file(name)
                 stale.unlink(missing_ok=True)
             atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False), fsync=True)
-    return "\n".join(f"{name} [{split}]: {s['selected']:,} of {s['input']:,} selected ({rule.name})"
+    verb = "kept for per-epoch draws" if getattr(rule, "online", False) else "selected"
+    return "\n".join(f"{name} [{split}]: {s['selected']:,} of {s['input']:,} {verb} ({rule.name})"
                      + "".join(f", {k} {v:,}" if isinstance(v, int) else f", {k} {v}"
                                for k, v in s.items() if k not in ("input", "selected"))
                      for split, s in stats.items())
