@@ -6,7 +6,7 @@ and print the accounting and a summary; curate each with ``vldata select`` (Meta
 few entries, online: a fresh draw per epoch); then mix all of them and load a few decoded batches
 through a two-worker DataLoader. Usage: ``python -m vldata.tools.demo OUT_DIR``.
 It must not do anything a user could not do with the public API: it only calls ``vldata.build``,
-``validate``, ``inspect``, the ``vldata select`` command, ``open``, ``Mix`` and ``TorchDataset``.
+``validate``, ``inspect``, ``select`` (what ``vldata select`` runs), ``open``, ``Mix`` and ``TorchDataset``.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ DEMO_ENTRIES = ("the", "of", "dog", "dogs", "cat", "car", "bird", "flower", "tre
 def curate(root: Path, names: list[str]) -> int:
     """``vldata select BUILD balanced --metaclip ENTRIES --t 3 --online`` on every sample build: the
     shards stay as they are, the subset is a small file; returns the number of failed selections."""
-    from vldata.cli import main as vldata_command
+    from vldata.errors import StructuralError
     from vldata.read.source import open as open_source
+    from vldata.tools.select import MetaClip, select
 
     entries = root / "entries.txt"
     entries.write_text("\n".join(DEMO_ENTRIES) + "\n")
@@ -62,12 +63,14 @@ def curate(root: Path, names: list[str]) -> int:
     failed = 0
     for name in names:
         out = root / name / "out"
-        code = vldata_command(["select", str(out), "balanced", "--metaclip", str(entries), "--t", "3", "--online",
-                               "--workers", "1"])
-        if code == 0:
-            print(f"   vldata.open('{out}', subset='balanced'): {len(open_source(out, subset='balanced'))} "
-                  "candidates, drawn anew each epoch")
-        failed += code != 0
+        try:  # vldata select OUT balanced --metaclip ENTRIES --t 3 --online
+            print(select(out, "balanced", MetaClip(entries, 3, online=True, workers=1)))
+        except StructuralError as e:
+            print(f"vldata select {out}: {e}")
+            failed += 1
+            continue
+        print(f"   vldata.open('{out}', subset='balanced'): {len(open_source(out, subset='balanced'))} "
+              "candidates, drawn anew each epoch")
     return failed
 
 
