@@ -228,6 +228,31 @@ def test_open_subset_in_both_formats_and_in_a_mix(built, tmp_path):
         vldata.open(built, subset="nope")
 
 
+def test_a_webdataset_only_build_selects_the_same_samples_without_reading_images(built, tmp_path, monkeypatch):
+    import shutil
+
+    from vldata.read.source import WebDatasetSource
+
+    def no_whole_samples(*args):
+        raise AssertionError("a selection read a whole sample (its images) to get a field")
+
+    shutil.copytree(built / "webdataset", tmp_path / "only" / "webdataset")
+    for args in (("--score", "similarity_l14", "--top", "0.25"), ("--metaclip", str(_entries(tmp_path)), "--t", "5",
+                                                                 "--workers", "1")):
+        select(built, "both", *args, "--overwrite")
+        with monkeypatch.context() as m:
+            m.setattr(WebDatasetSource, "_read", no_whole_samples)
+            select(tmp_path / "only", "both", *args, "--overwrite")
+        assert rows_of(tmp_path / "only", "both", "webdataset") == rows_of(built, "both")
+        assert (tmp_path / "only" / "webdataset" / subsets.subset_file("both")).read_bytes() == \
+            (built / "parquet" / subsets.subset_file("both")).read_bytes()
+
+
+def _entries(folder: Path) -> Path:
+    (folder / "entries.txt").write_text("\n".join(ENTRIES) + "\n")
+    return folder / "entries.txt"
+
+
 def test_validate_and_publish_see_subsets_and_plain_datasets_select_them(built, tmp_path):
     select(built, "pub", "--score", "similarity_l14", "--top", "0.5")
     r = cli("validate", str(built))

@@ -427,6 +427,26 @@ class WebDatasetSource(Source):
                 self._files.popitem(last=False)[1].close()
         return self._files[s]
 
+    def members(self, i: int, suffixes: tuple[str, ...]) -> dict[str, Any]:
+        """Sample ``i`` of the split (not of a subset) made of only the members with these suffixes:
+        ``("txt", "json")`` gives its key, text and fields without reading its images."""
+        s, j = self.locate(int(i))
+        if self._pid != os.getpid():
+            self._forget_open_files()
+        key, spans = self._entry(s, j)
+        f, chosen = self._file(s), []
+        for suffix, offset, size in spans:
+            if suffix in suffixes:
+                f.seek(offset)
+                data = f.read(size)
+                if len(data) != size:
+                    raise ShardError(f"{self.shard_url(s)}: sample {key} ends past the end of the file")
+                chosen.append((suffix, data))
+        try:
+            return self._layout.sample(key, chosen)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SampleError(f"{self.shard_url(s)}: sample {key}: a member does not decode ({type(e).__name__})") from None
+
     def _read(self, s: int, j: int) -> dict[str, Any]:
         key, members = self._entry(s, j)
         f = self._file(s)

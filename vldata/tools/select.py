@@ -124,10 +124,13 @@ def _parquet_column(path: str, field: str) -> list:
 
 
 def _tar_field(folder: str, split: str, field: str, start: int, end: int) -> list:
+    """``field`` of samples start..end of a tar shard, read from their .txt or .json member alone
+    (never their images)."""
     from vldata.read.source import open as open_source
 
     src = open_source(folder, split=split, format="webdataset")
-    return [src[i].get(field) for i in range(start, end)]
+    member = ("txt",) if field == TEXT else ("json",)
+    return [src.members(i, member).get(field) for i in range(start, end)]
 
 
 # --------------------------------------------------------------------------------------------
