@@ -34,30 +34,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # MetaCLIP's reference, tests/fakes
 
 import ahocorasick
+from fakes.metaclip_reference import reference_spacing, reference_substr_matching
 
 from vldata.tools.metaclip import Matcher, entry_counts, match_all
 
 # English letter frequencies (percent), a..z: words share prefixes the way real ones do
 LETTER_FREQ = [8.2, 1.5, 2.8, 4.3, 12.7, 2.2, 2.0, 6.1, 7.0, 0.15, 0.77, 4.0, 2.4, 6.7, 7.5, 1.9, 0.095, 6.0, 6.3,
                9.1, 2.8, 0.98, 2.4, 0.15, 2.0, 0.074]
-
-
-def reference_spacing(text: str) -> str:
-    puncts_to_wrap = [",", ".", ";", ":", "?", "!", "`"]
-    chars_to_space = ["\t", "\n", "\r"]
-    spaced_text = f" {text} "
-    for p in puncts_to_wrap:
-        spaced_text = spaced_text.replace(p, f" {p} ")
-    for c in chars_to_space:
-        spaced_text = spaced_text.replace(c, " ")
-    return spaced_text
-
-
-def reference_substr_matching(text: str, metadata: list[str]) -> list[int]:
-    text = reference_spacing(text)
-    return [entry_id for entry_id, entry in enumerate(metadata) if f" {entry} " in text]
 
 
 def make_vocab(rng: np.random.Generator, size: int) -> list[str]:

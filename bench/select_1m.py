@@ -40,7 +40,6 @@ It prints figures and asserts nothing about time.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -60,6 +59,8 @@ import pyarrow.parquet as pq
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
+
+from vldata.layout import file_sha256
 
 VLDATA = str(ROOT / ".venv" / "bin" / "vldata")
 ROW_GROUP = 1000
@@ -160,7 +161,7 @@ def shard_table(schema: pa.Schema, row: dict, tokens: pa.Array, seed: int, shard
     w, h = sizes(rng, n), sizes(rng, n)
     b32 = np.clip(rng.normal(0.28, 0.05, size=n), 0.0, 0.6).astype(np.float32)
     l14 = np.clip(0.7 * b32 + rng.normal(0.05, 0.04, size=n), 0.0, 0.6).astype(np.float32)
-    url = pc.binary_join_element_wise("https://img.example.invalid/", key, ".png", "")
+    url = pc.binary_join_element_wise("http://127.0.0.1:9/img/", key, ".png", "")  # never fetched
     columns = {
         "key": key, "text": text, "caption": text, "url": url, "final_url": url, "uid": uid, "source_id": uid,
         "source_row": pa.array(np.arange(start, start + n, dtype=np.int64)),
@@ -179,14 +180,6 @@ def shard_table(schema: pa.Schema, row: dict, tokens: pa.Array, seed: int, shard
         else:  # constant: the template row's value (image, image_info, column_set, fetched_from, ...)
             arrays.append(pa.array([row[field.name]], field.type).take(zeros))
     return pa.Table.from_arrays(arrays, schema=schema), np.frombuffer(raw, dtype=">u8").reshape(-1, 2)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build(out: Path, rows: int, n_shards: int, n_entries: int, n_uids: int, seed: int) -> dict:
@@ -222,7 +215,7 @@ def build(out: Path, rows: int, n_shards: int, n_entries: int, n_uids: int, seed
         groups = [min(ROW_GROUP, n - i) for i in range(0, n, ROW_GROUP)]
         assert pq.ParquetFile(folder / rel).metadata.num_row_groups == len(groups)
         shards.append({"path": rel, "num_samples": n, "num_bytes": (folder / rel).stat().st_size,
-                       "sha256": sha256(folder / rel), "row_groups": groups})
+                       "sha256": file_sha256(folder / rel), "row_groups": groups})
         all_pairs.append(pairs)
         start += n
     t_shards = time.perf_counter() - t0 - t_template

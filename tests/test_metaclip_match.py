@@ -10,6 +10,7 @@ import pickle
 
 import numpy as np
 import pytest
+from fakes.metaclip_reference import reference_spacing, reference_substr_matching
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,24 +22,6 @@ from vldata.tools.metaclip import (
     read_entries,
     spacing,
 )
-
-
-# facebookresearch/MetaCLIP, metaclip/substr_matching.py
-def reference_spacing(text):
-    puncts_to_wrap = [",", ".", ";", ":", "?", "!", "`"]
-    chars_to_space = ["\t", "\n", "\r"]
-    spaced_text = f" {text} "
-    for p in puncts_to_wrap:
-        spaced_text = spaced_text.replace(p, f" {p} ")
-    for c in chars_to_space:
-        spaced_text = spaced_text.replace(c, " ")
-    return spaced_text
-
-
-def reference_substr_matching(text, metadata):
-    text = reference_spacing(text)
-    return [entry_id for entry_id, entry in enumerate(metadata) if f" {entry} " in text]
-
 
 ENTRIES = ["dog", "cat", "a dog", "new york", "york city", "new york city", "St. Louis", "St", "Louis",
            "dog", "café", "東京", "🐶", "Dog", "big red dog", "red", "sunny day", "e.g", "?"]

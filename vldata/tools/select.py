@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from vldata.errors import StructuralError
-from vldata.layout import MANIFEST, atomic_write, format_folders, read_checked_manifest, valid_key
+from vldata.layout import MANIFEST, atomic_write, file_sha256, format_folders, read_checked_manifest, valid_key
 from vldata.read import subset as subsets
 
 RULES = ("metaclip", "datacomp_basic", "score", "uids")
@@ -107,16 +108,10 @@ class Build:
         if name not in (self.manifest.get("subsets") or {}):
             have = ", ".join(sorted(self.manifest.get("subsets") or {})) or "none"
             raise StructuralError(f"{self.folder}: no subset {name!r} (subsets: {have})")
-        picks, problems = subsets.read(_local_fs(), str(self.folder), self.manifest, name)
+        picks, problems = subsets.read(LocalFileSystem(), str(self.folder), self.manifest, name)
         if problems:
             raise StructuralError(problems[0])
         return picks
-
-
-def _local_fs():
-    from fsspec.implementations.local import LocalFileSystem
-
-    return LocalFileSystem()
 
 
 def _parquet_column(path: str, field: str) -> list:
@@ -157,7 +152,7 @@ class MetaClip:
         self.entries = metaclip.read_entries(self.path)
         self.t, self.online = float(t), online
         self.workers = workers or os.cpu_count() or 1
-        self.params = {"entries_file": self.path.name, "entries_sha256": _sha256(self.path),
+        self.params = {"entries_file": self.path.name, "entries_sha256": file_sha256(self.path),
                        "num_entries": len(self.entries), "t": self.t, "online": online,
                        "text_field": TEXT}
 
@@ -246,7 +241,7 @@ class Uids:
 
         self.path = _input_file(path, "uid file")
         self.wanted = datacomp.read_uid_file(self.path)
-        self.params = {"uids_file": self.path.name, "uids_sha256": _sha256(self.path), "listed": len(self.wanted),
+        self.params = {"uids_file": self.path.name, "uids_sha256": file_sha256(self.path), "listed": len(self.wanted),
                        "field": UID_FIELD}
 
     def apply(self, build: Build, split: str, rows: np.ndarray, seed: int):
@@ -269,14 +264,6 @@ def _input_file(path: str | Path, what: str) -> Path:
     if not path.is_file():
         raise StructuralError(f"{path}: {what} not found (or not a file)")
     return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
