@@ -344,7 +344,8 @@ def test_a_subset_file_that_lies_is_refused_before_use(built, tmp_path):
     shutil.copytree(built / "parquet", folder)
     manifest = json.loads((folder / "vldata.json").read_text())
     n = manifest["splits"]["train"]["num_samples"]
-    cases = {"outside": ([n], None), "unsorted": ([2, 1], None), "split": ([0], "test")}
+    cases = {"outside": ([n], None), "unsorted": ([2, 1], None), "split": ([0], "test"),
+             "bomb": ([0] * 2_000_000, None)}  # a few KB that expand to 2M rows
     for name, (indices, split) in cases.items():
         table = subsets.to_table({split or "train": (np.array(indices, dtype=np.int64), None, None)})
         data = subsets.table_bytes(table)
@@ -353,7 +354,8 @@ def test_a_subset_file_that_lies_is_refused_before_use(built, tmp_path):
                      sha256=hashlib.sha256(data).hexdigest(), splits={split or "train": {"input": n, "selected": len(indices)}})
         manifest["subsets"][name] = entry
     (folder / "vldata.json").write_text(json.dumps(manifest))
-    messages = {"outside": "an index outside", "unsorted": "not sorted", "split": "not a split"}
+    messages = {"outside": "an index outside", "unsorted": "not sorted", "split": "not a split",
+                "bomb": "decompression bomb"}
     for name, message in messages.items():
         with pytest.raises(vldata.ShardError, match=message):
             vldata.open(folder, subset=name)

@@ -34,6 +34,9 @@ from vldata.layout import escapes, inside
 
 SUBSETS_DIR = "subsets"
 MAX_SUBSET_BYTES = 1 << 33  # 8 GiB: a selection of ~700M samples; more is not a file we wrote
+# values per byte of a subset file: ours hold ~2 (1M sorted indices in 570 KB, bench/select_1m.py);
+# a column of one repeated value compresses to almost nothing and would expand a small file into gigabytes
+MAX_VALUES_PER_BYTE = 64
 SCHEMA = pa.schema([("split", pa.string()), ("index", pa.int64()), ("entries", pa.list_(pa.int32()))])
 COUNTS_SCHEMA = pa.schema([("split", pa.string()), ("entry", pa.int32()), ("count", pa.int64())])
 _DRAW = 0x3E7AC11  # separates MetaCLIP draws from every other use of a seed
@@ -175,6 +178,11 @@ def _read_checked(fs, folder: str, url: str, entry: dict, what: str) -> tuple[pa
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         return None, f"{url}: sha256 differs from the manifest (altered)"
     try:
+        meta = pq.read_metadata(io.BytesIO(data))
+        values = sum(meta.row_group(g).column(c).num_values
+                     for g in range(meta.num_row_groups) for c in range(meta.num_columns))
+        if values > MAX_VALUES_PER_BYTE * max(size, 1):  # what select writes holds a few values per byte
+            return None, f"{url}: {values:,} values in {size:,} bytes, more than a {what} holds (a decompression bomb?)"
         return pq.read_table(io.BytesIO(data)), None
     except Exception as e:  # noqa: BLE001 - whatever pyarrow raises on a file that is not parquet
         return None, f"{url}: unreadable {what} ({type(e).__name__})"
